@@ -1,0 +1,14 @@
+# The two commands of README.md. Each sets up what it needs (scripts/setup.sh is idempotent).
+.PHONY: setup demo test bench
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/curation run manifests/demo.yaml
+
+test: setup
+	.venv/bin/python -m pytest -q tests
+
+bench: setup
+	.venv/bin/python bench/run_all.py

@@ -1,0 +1,82 @@
+"""The `curation` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from curation.config import load_pipeline, with_overrides
+from curation.executor import PipelineError, RunOptions, run_pipeline
+from curation.io import InputError
+from curation.stats import format_table
+
+log = logging.getLogger("curation")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = with_overrides(load_pipeline(args.pipeline), output=args.output, executor=args.executor,
+                            address=args.address)
+    options = RunOptions(skip_bad_shards=args.skip_bad_shards, overwrite=args.overwrite,
+                         progress=not args.no_progress and sys.stderr.isatty() or args.progress)
+    stats = run_pipeline(config, options)
+    print(format_table(stats))
+    print(f"outputs: {config.output.path}/kept, {config.output.path}/rejected; stats: {config.output.path}/stats.json")
+    return 0
+
+
+def _cmd_stages(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from curation.stage import GlobalStage, registered_stages
+
+    for name, cls in registered_stages().items():
+        kind = "global" if issubclass(cls, GlobalStage) else "batch"
+        fields = ", ".join(
+            f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f.name
+            for f in dataclasses.fields(cls.Config)
+        )
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:20s} {kind:6s} {doc}\n{'':27s} options: {fields or '-'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="curation", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a pipeline YAML")
+    run.add_argument("pipeline", help="pipeline YAML (see README)")
+    run.add_argument("--address", help="an existing Ray cluster to run on (default: start a local Ray instance)")
+    run.add_argument("--executor", choices=["ray", "local"], help="override executor.kind")
+    run.add_argument("--output", help="override output.path")
+    run.add_argument("--skip-bad-shards", action="store_true",
+                     help="record unreadable shards in stats.json and go on (default: fail the run)")
+    run.add_argument("--overwrite", action="store_true", help="delete the output folder's earlier run first")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
+    run.set_defaults(func=_cmd_run)
+
+    stages = sub.add_parser("stages", help="list the registered stages and their options")
+    stages.set_defaults(func=_cmd_stages)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (InputError, PipelineError) as exc:
+        print(f"curation: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # config problems
+        print(f"curation: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

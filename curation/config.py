@@ -1,0 +1,141 @@
+"""Pipeline YAML: what to read, where to write, how to execute, which stages.
+
+```yaml
+input:  {path: ../shared/data/*.jsonl.gz, format: jsonl, text_column: text, id_column: id}
+output: {path: out/demo}
+executor: {kind: ray, num_cpus: 2}   # or kind: local
+stages:
+  - {name: some_stage, param: value}
+```
+
+Relative paths are resolved against the current directory. Configs are read with a safe YAML loader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+INPUT_FORMATS = ("auto", "parquet", "jsonl")
+EMPTY_TEXT_POLICIES = ("error", "drop")
+EXECUTOR_KINDS = ("ray", "local")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InputConfig:
+    path: tuple[str, ...]  # glob patterns or files; several allowed
+    format: str = "auto"  # auto: by file name (.parquet, .jsonl, .jsonl.gz, .json.gz)
+    text_column: str = "text"
+    id_column: str | None = "id"  # missing in the data: a stable id "<shard>:<row>" is derived
+    batch_rows: int = 4096  # rows per record batch for Parquet input
+    block_bytes: int = 4 << 20  # JSONL block size: the reader's batches hold about this many bytes
+    empty_text: str = "error"  # a null or empty text: "error" names file and row, "drop" rejects it
+
+    def __post_init__(self) -> None:
+        if self.format not in INPUT_FORMATS:
+            raise ValueError(f"input.format must be one of {INPUT_FORMATS}, got {self.format!r}")
+        if self.empty_text not in EMPTY_TEXT_POLICIES:
+            raise ValueError(f"input.empty_text must be one of {EMPTY_TEXT_POLICIES}, got {self.empty_text!r}")
+        if self.batch_rows < 1 or self.block_bytes < 1024:
+            raise ValueError("input.batch_rows must be >= 1 and input.block_bytes >= 1024")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutputConfig:
+    path: str
+    compression: str = "zstd"
+    keep_work: bool = False  # keep intermediate shards of global stages after a successful run
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExecutorConfig:
+    kind: str = "ray"
+    num_cpus: int | None = None  # CPUs of the local Ray instance (default: all); ignored with address
+    num_workers: int | None = None  # stage actors (default: one per CPU Ray offers)
+    address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001", "host:6379")
+    max_retries: int = 3  # times a shard is retried after its worker died
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXECUTOR_KINDS:
+            raise ValueError(f"executor.kind must be one of {EXECUTOR_KINDS}, got {self.kind!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    input: InputConfig
+    output: OutputConfig
+    executor: ExecutorConfig
+    stages: tuple[dict[str, Any], ...]
+    source: str = "<dict>"  # where the config came from, for messages
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("source")
+        return data
+
+
+def _section(raw: dict[str, Any], key: str, cls: type, where: str) -> Any:
+    section = raw.get(key) or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"{where}: '{key}' must be a mapping, got {type(section).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) in '{key}': {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+    try:
+        return cls(**section)
+    except TypeError as exc:
+        raise ValueError(f"{where}: '{key}': {exc}") from exc
+
+
+def pipeline_from_dict(raw: Any, where: str = "<dict>") -> PipelineConfig:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: a pipeline config is a mapping with input, output, executor and stages")
+    unknown = sorted(set(raw) - {"input", "output", "executor", "stages"})
+    if unknown:
+        raise ValueError(f"{where}: unknown top-level key(s): {', '.join(unknown)}")
+    raw_input = dict(raw.get("input") or {})
+    if "path" not in raw_input:
+        raise ValueError(f"{where}: input.path is required")
+    paths = raw_input["path"]
+    raw_input["path"] = tuple([paths] if isinstance(paths, str) else paths)
+    if "output" not in raw or "path" not in (raw.get("output") or {}):
+        raise ValueError(f"{where}: output.path is required")
+    stages = raw.get("stages") or []
+    if not isinstance(stages, list):
+        raise ValueError(f"{where}: 'stages' must be a list of mappings")
+    return PipelineConfig(
+        input=_section({"input": raw_input}, "input", InputConfig, where),
+        output=_section(raw, "output", OutputConfig, where),
+        executor=_section(raw, "executor", ExecutorConfig, where),
+        stages=tuple(dict(s) if isinstance(s, dict) else s for s in stages),
+        source=where,
+    )
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read pipeline config {path}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)  # never yaml.load: configs are untrusted input
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    return pipeline_from_dict(raw, str(path))
+
+
+def with_overrides(config: PipelineConfig, *, output: str | None = None, executor: str | None = None,
+                   address: str | None = None) -> PipelineConfig:
+    """The CLI's flags win over the file."""
+    if output:
+        config = dataclasses.replace(config, output=dataclasses.replace(config.output, path=output))
+    if executor:
+        config = dataclasses.replace(config, executor=dataclasses.replace(config.executor, kind=executor))
+    if address:
+        config = dataclasses.replace(config, executor=dataclasses.replace(config.executor, kind="ray", address=address))
+    return config

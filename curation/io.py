@@ -1,0 +1,275 @@
+"""Reading input shards as Arrow record batches, and writing Parquet outputs atomically.
+
+Every batch the reader yields has `id` (string), `text` (string) and `drop_reason` (string, null)
+plus the input's other columns. Bad input raises `InputError` with the file and the row or line.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from curation.config import InputConfig
+from curation.stage import DROP_REASON, ID, TEXT
+
+EMPTY_TEXT_REASON = "empty_text"
+
+
+class InputError(ValueError):
+    """Bad input: the message names the file and, where known, the row or line."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int  # position in the sorted input list: the corpus order that global stages use
+    path: str
+    name: str  # output file stem, unique within a run
+    format: str
+    size: int
+
+
+def shard_format(path: str, configured: str) -> str:
+    if configured != "auto":
+        return configured
+    lower = path.lower()
+    if lower.endswith(".parquet") or lower.endswith(".pq"):
+        return "parquet"
+    if lower.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")):
+        return "jsonl"
+    raise InputError(f"{path}: cannot tell the format from the file name; set input.format (parquet or jsonl)")
+
+
+def _shard_stem(path: str) -> str:
+    name = os.path.basename(path)
+    for suffix in (".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl", ".json", ".ndjson", ".parquet", ".pq"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def list_shards(config: InputConfig) -> list[Shard]:
+    """The input files, sorted by path: a stable corpus order independent of the file system."""
+    paths: set[str] = set()
+    for pattern in config.path:
+        matches = glob.glob(os.path.expanduser(pattern), recursive=True)
+        if not matches and not glob.has_magic(pattern):
+            raise InputError(f"input file not found: {pattern}")
+        paths.update(os.path.abspath(p) for p in matches if os.path.isfile(p))
+    if not paths:
+        raise InputError(f"no input files match {', '.join(config.path)}")
+    ordered = sorted(paths)
+    stems: dict[str, int] = {}
+    shards = []
+    for index, path in enumerate(ordered):
+        stem = _shard_stem(path)
+        # Same file name in two folders: suffix the later ones so outputs never collide.
+        seen = stems.get(stem, 0)
+        stems[stem] = seen + 1
+        name = stem if seen == 0 else f"{stem}-{seen}"
+        shards.append(Shard(index, path, name, shard_format(path, config.format), os.path.getsize(path)))
+    return shards
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def _diagnose_jsonl(path: str, arrow_message: str) -> str:
+    """Find the first bad line with the standard library, to name it exactly."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    return f"{path}: line {number}: not valid UTF-8 (byte {exc.start} of the line)"
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    return f"{path}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})"
+                if not isinstance(value, dict):
+                    return f"{path}: line {number}: a JSON {type(value).__name__}, expected an object"
+                for key, item in value.items():
+                    if isinstance(item, str):
+                        try:
+                            item.encode("utf-8")
+                        except UnicodeEncodeError:
+                            return f"{path}: line {number}: field {key!r} holds an invalid surrogate escape"
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        return f"{path}: cannot read: {exc} (truncated or corrupt file?)"
+    return f"{path}: {arrow_message}"
+
+
+def _read_jsonl(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
+    read_options = pa_json.ReadOptions(block_size=config.block_bytes)
+    try:
+        reader = pa_json.open_json(shard.path, read_options=read_options)
+        for batch in reader:
+            yield batch
+    except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as exc:
+        raise InputError(_diagnose_jsonl(shard.path, str(exc))) from None
+
+
+def _read_parquet(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
+    try:
+        parquet = pq.ParquetFile(shard.path)
+        for batch in parquet.iter_batches(batch_size=config.batch_rows):
+            yield batch
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{shard.path}: cannot read Parquet: {exc} (truncated or corrupt file?)") from None
+
+
+def _normalise(batch: pa.RecordBatch, shard: Shard, config: InputConfig, row_offset: int) -> pa.RecordBatch:
+    """Canonical columns: `id` and `text` as strings, then `drop_reason`; the input's others follow."""
+    names = batch.schema.names
+    if config.text_column not in names:
+        raise InputError(f"{shard.path}: no text column {config.text_column!r} (columns: {', '.join(names)})")
+    text = batch.column(config.text_column)
+    if pa.types.is_null(text.type):
+        text = text.cast(pa.string())
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        raise InputError(f"{shard.path}: text column {config.text_column!r} has type {text.type}, expected string")
+    try:
+        text.validate(full=True)  # catches invalid UTF-8 that Parquet files may carry
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{shard.path}: rows {row_offset}..{row_offset + len(text) - 1}: invalid text: {exc}") from None
+    if pa.types.is_large_string(text.type):
+        text = text.cast(pa.string())
+
+    if config.id_column and config.id_column in names:
+        ids = batch.column(config.id_column)
+        if not pa.types.is_string(ids.type):
+            ids = ids.cast(pa.string())
+        if ids.null_count:
+            row = row_offset + pc.index(pc.is_null(ids), True).as_py()
+            raise InputError(f"{shard.path}: row {row}: id column {config.id_column!r} is null")
+    else:
+        ids = pa.array([f"{shard.name}:{row_offset + i}" for i in range(batch.num_rows)], pa.string())
+
+    empty = pc.or_(pc.is_null(text), pc.equal(pc.utf8_length(pc.fill_null(text, "")), 0))
+    reasons = pa.nulls(batch.num_rows, pa.string())
+    n_empty = pc.sum(empty).as_py() or 0
+    if n_empty:
+        if config.empty_text == "error":
+            row = row_offset + pc.index(empty, True).as_py()
+            raise InputError(
+                f"{shard.path}: row {row}: text is null or empty ({n_empty} such rows in this batch); "
+                "set input.empty_text: drop to reject them instead"
+            )
+        reasons = pc.if_else(empty, pa.scalar(EMPTY_TEXT_REASON, pa.string()), reasons)
+        text = pc.fill_null(text, "")
+
+    skip = {config.text_column, DROP_REASON, TEXT, ID}
+    if config.id_column:
+        skip.add(config.id_column)
+    others = [(name, batch.column(name)) for name in names if name not in skip]
+    columns = [ids, text, reasons] + [col for _, col in others]
+    fields = [pa.field(ID, pa.string()), pa.field(TEXT, pa.string()), pa.field(DROP_REASON, pa.string())]
+    fields += [batch.schema.field(name) for name, _ in others]
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
+
+
+def read_shard(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
+    """Stream a shard as normalised record batches; memory holds one batch, not the file."""
+    source = _read_parquet(shard, config) if shard.format == "parquet" else _read_jsonl(shard, config)
+    row_offset = 0
+    for batch in source:
+        if batch.num_rows == 0:
+            continue
+        yield _normalise(batch, shard, config, row_offset)
+        row_offset += batch.num_rows
+
+
+def read_parquet_batches(path: str, batch_rows: int = 4096) -> Iterator[pa.RecordBatch]:
+    """Our own intermediate files: trusted format, streamed."""
+    parquet = pq.ParquetFile(path)
+    yield from parquet.iter_batches(batch_size=batch_rows)
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+
+class AtomicParquetWriter:
+    """Writes a Parquet file under a temporary name; `commit()` renames it into place.
+
+    A crash before commit leaves only a `.tmp-*` file, which a rerun ignores and overwrites; readers
+    never see a half-written shard under its final name. Batches after the first are cast to the
+    first batch's schema, so a file has one schema.
+    """
+
+    def __init__(self, path: str | Path, compression: str = "zstd", schema: pa.Schema | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}")
+        self.compression = compression
+        self.schema = schema
+        self._writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def _open(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self._writer = pq.ParquetWriter(self.tmp_path, schema, compression=self.compression)
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        if self._writer is None:
+            self._open(self.schema or data.schema)
+        if data.schema != self.schema:
+            data = _conform(data, self.schema, self.path)
+        if data.num_rows:
+            table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+            self._writer.write_table(table)
+            self.rows += data.num_rows
+
+    def commit(self, fallback_schema: pa.Schema | None = None) -> Path:
+        if self._writer is None:
+            self._open(self.schema or fallback_schema or pa.schema([]))
+        self._writer.close()
+        with open(self.tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self.tmp_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # the file is discarded either way
+                pass
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def _conform(data: pa.RecordBatch | pa.Table, schema: pa.Schema, path: Path) -> pa.RecordBatch | pa.Table:
+    if data.schema.names != schema.names:
+        raise RuntimeError(
+            f"{path}: a batch has columns {data.schema.names} but the file has {schema.names}; "
+            "a stage must add the same columns to every batch"
+        )
+    try:
+        return data.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise RuntimeError(f"{path}: a batch's types differ from the file's and cannot be cast: {exc}") from exc
+
+
+def write_json_atomic(path: str | Path, data: object) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True, ensure_ascii=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

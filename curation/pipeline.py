@@ -1,0 +1,258 @@
+"""A pipeline is a list of stages cut into segments at each global stage.
+
+Segment k reads the input (k = 0) or the previous segment's intermediate shards, applies the decisions
+of the global stage that opened it, runs its per-batch stages, and either computes the keys of the
+global stage that closes it (writing every row to an intermediate shard) or, in the last segment,
+writes the kept and rejected outputs. `ShardProcessor` does this for one shard inside a worker; it is
+the same code on the Ray and local executors, which is why both give identical output.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.config import InputConfig
+from curation.io import AtomicParquetWriter, InputError, Shard, read_parquet_batches, read_shard, write_json_atomic
+from curation.stage import DROP_REASON, TEXT, BatchPosition, GlobalStage, Stage, live_mask, text_bytes
+from curation.stats import ShardStats, StageStats, stage_key
+
+
+@dataclass
+class Segment:
+    index: int
+    stages: list[tuple[str, Stage]] = field(default_factory=list)  # (stage key, per-batch stage)
+    apply_global: tuple[str, GlobalStage] | None = None  # decisions applied first
+    keys_for: tuple[str, GlobalStage] | None = None  # keys computed last
+    is_last: bool = False
+
+    @property
+    def is_first(self) -> bool:
+        return self.index == 0
+
+    def all_stages(self) -> list[Stage]:
+        found = [stage for _, stage in self.stages]
+        if self.apply_global:
+            found.insert(0, self.apply_global[1])
+        if self.keys_for:
+            found.append(self.keys_for[1])
+        return found
+
+
+def plan_segments(stages: list[Stage]) -> list[Segment]:
+    segments = [Segment(0)]
+    for position, stage in enumerate(stages):
+        key = stage_key(position, stage.name)
+        if isinstance(stage, GlobalStage):
+            segments[-1].keys_for = (key, stage)
+            segments.append(Segment(len(segments), apply_global=(key, stage)))
+        else:
+            segments[-1].stages.append((key, stage))
+    segments[-1].is_last = True
+    return segments
+
+
+class Layout:
+    """Where a run keeps its outputs, intermediates and completion markers."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.work = self.root / "_work"
+        self.state = self.root / "_state"
+
+    def kept(self, shard: Shard) -> Path:
+        return self.root / "kept" / f"{shard.name}.parquet"
+
+    def rejected(self, shard: Shard) -> Path:
+        return self.root / "rejected" / f"{shard.name}.parquet"
+
+    def intermediate(self, segment: int, shard: Shard) -> Path:
+        return self.work / f"segment{segment}" / f"{shard.name}.parquet"
+
+    def global_dir(self, key: str) -> Path:
+        return self.work / key
+
+    def keys(self, key: str, shard: Shard) -> Path:
+        return self.global_dir(key) / "keys" / f"{shard.name}.parquet"
+
+    def marker(self, segment: Segment, shard: Shard) -> Path:
+        folder = "final" if segment.is_last else f"segment{segment.index}"
+        return self.state / folder / f"{shard.name}.json"
+
+    def aggregate_marker(self, key: str) -> Path:
+        return self.state / f"{key}.aggregate.json"
+
+    @property
+    def fingerprint(self) -> Path:
+        return self.state / "pipeline.json"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats.json"
+
+
+class ShardProcessor:
+    """Runs one segment of the pipeline over whole shards; lives in a worker (Ray actor or in-process)."""
+
+    def __init__(self, segment: Segment, input_config: InputConfig, layout: Layout, compression: str) -> None:
+        self.segment = segment
+        self.input_config = input_config
+        self.layout = layout
+        self.compression = compression
+        self._ready = False
+
+    def setup(self) -> None:
+        if not self._ready:
+            for stage in self.segment.all_stages():
+                stage.setup()
+            self._ready = True
+
+    def process(self, shard: Shard) -> dict[str, Any]:
+        """Process a shard; returns {"stats": ...} or {"error": message} for bad input."""
+        self.setup()
+        segment, layout = self.segment, self.layout
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        stats = ShardStats()
+        if segment.is_last:
+            outputs = {
+                "kept": AtomicParquetWriter(layout.kept(shard), self.compression),
+                "rejected": AtomicParquetWriter(layout.rejected(shard), self.compression),
+            }
+        else:
+            outputs = {"next": AtomicParquetWriter(layout.intermediate(segment.index, shard), self.compression)}
+        keys_writer = None
+        if segment.keys_for:
+            keys_writer = AtomicParquetWriter(layout.keys(segment.keys_for[0], shard), self.compression)
+        writers = list(outputs.values()) + ([keys_writer] if keys_writer else [])
+        last_schema = None
+        try:
+            if segment.is_first:
+                batches = read_shard(shard, self.input_config)
+            else:
+                batches = read_parquet_batches(str(layout.intermediate(segment.index - 1, shard)))
+            if segment.apply_global:
+                segment.apply_global[1].prepare(str(layout.global_dir(segment.apply_global[0])), shard.index)
+            row_offset = 0
+            for batch in batches:
+                position = BatchPosition(shard.index, shard.name, row_offset)
+                if segment.is_first:
+                    self._count_input(batch, stats)
+                if segment.apply_global:
+                    key, stage = segment.apply_global
+                    batch = self._run_stage(stats, key, stage, lambda b: stage.apply(b, position), batch)
+                for key, stage in segment.stages:
+                    batch = self._run_stage(stats, key, stage, stage, batch)
+                if keys_writer is not None:
+                    key, stage = segment.keys_for
+                    timer = _Timer()
+                    keys = stage.keys(batch, position)
+                    if keys is not None and keys.num_rows:
+                        keys_writer.write(keys)
+                    timer.add_to(stats.stage(key, stage.name))
+                self._write(batch, outputs, stats)
+                last_schema = batch.schema
+                row_offset += batch.num_rows
+            for stage in segment.all_stages():
+                key = self._key_of(stage)
+                stats.stage(key, stage.name).metrics.update(stage.metrics)
+                stage.metrics.clear()
+            for writer in writers:
+                fallback = last_schema
+                if writer is outputs.get("kept") and last_schema is not None:
+                    fallback = last_schema.remove(last_schema.get_field_index(DROP_REASON))
+                if writer is keys_writer:
+                    fallback = None
+                writer.commit(fallback)
+        except InputError as exc:
+            for writer in writers:
+                writer.abort()
+            for stage in segment.all_stages():
+                stage.metrics.clear()
+            return {"error": str(exc)}
+        except BaseException:
+            for writer in writers:
+                writer.abort()
+            raise
+        stats.wall_s = time.perf_counter() - wall0
+        stats.cpu_s = time.process_time() - cpu0
+        result = {"stats": stats.to_dict()}
+        # The marker is written last: its presence means every output of the shard is in place.
+        write_json_atomic(layout.marker(segment, shard), {"shard": shard.path, **result})
+        return result
+
+    def _key_of(self, stage: Stage) -> str:
+        for key, candidate in self.segment.stages:
+            if candidate is stage:
+                return key
+        for pair in (self.segment.apply_global, self.segment.keys_for):
+            if pair and pair[1] is stage:
+                return pair[0]
+        raise AssertionError("stage not in segment")
+
+    @staticmethod
+    def _count_input(batch: pa.RecordBatch, stats: ShardStats) -> None:
+        stats.docs += batch.num_rows
+        stats.bytes += text_bytes(batch)
+        reasons = batch.column(DROP_REASON)
+        if reasons.null_count < len(reasons):
+            for item in pc.value_counts(reasons.drop_null()).to_pylist():
+                stats.input_dropped[item["values"]] += item["counts"]
+
+    @staticmethod
+    def _run_stage(stats: ShardStats, key: str, stage: Stage, fn, batch: pa.RecordBatch) -> pa.RecordBatch:
+        entry = stats.stage(key, stage.name)
+        before = live_mask(batch)
+        entry.docs_in += pc.sum(before).as_py() or 0
+        entry.bytes_in += text_bytes(batch, before)
+        timer = _Timer()
+        out = fn(batch)
+        timer.add_to(entry)
+        if not isinstance(out, pa.RecordBatch):
+            raise TypeError(f"stage {stage.name!r} returned {type(out).__name__}, expected a pyarrow.RecordBatch")
+        if out.num_rows != batch.num_rows or DROP_REASON not in out.schema.names or TEXT not in out.schema.names:
+            raise RuntimeError(
+                f"stage {stage.name!r} must keep every row and the text and drop_reason columns "
+                f"(got {out.num_rows} rows for {batch.num_rows}); drop rows by setting drop_reason"
+            )
+        after = live_mask(out)
+        entry.docs_out += pc.sum(after).as_py() or 0
+        entry.bytes_out += text_bytes(out, after)
+        newly = pc.and_(before, pc.invert(after))
+        if pc.any(newly).as_py():
+            for item in pc.value_counts(pc.filter(out.column(DROP_REASON), newly)).to_pylist():
+                entry.dropped[item["values"]] += item["counts"]
+        return out
+
+    @staticmethod
+    def _write(batch: pa.RecordBatch, outputs: dict[str, AtomicParquetWriter], stats: ShardStats) -> None:
+        if "next" in outputs:
+            outputs["next"].write(batch)
+            return
+        live = live_mask(batch)
+        kept = batch.filter(live)
+        kept = kept.drop_columns([DROP_REASON])
+        rejected = batch.filter(pc.invert(live))
+        stats.kept_docs += kept.num_rows
+        stats.kept_bytes += text_bytes(kept)
+        stats.rejected_docs += rejected.num_rows
+        if outputs["kept"].schema is None:
+            outputs["kept"].schema = kept.schema
+            outputs["rejected"].schema = rejected.schema
+        outputs["kept"].write(kept)
+        outputs["rejected"].write(rejected)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.wall0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+
+    def add_to(self, entry: StageStats) -> None:
+        entry.wall_s += time.perf_counter() - self.wall0
+        entry.cpu_s += time.process_time() - self.cpu0
+

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sets up everything the project needs on a fresh machine of this kind: a virtual environment in .venv
+# with the package (editable) and its extras. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+EXTRAS=${EXTRAS:-dev}
+
+stamp=.venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$EXTRAS
+if [ -f "$stamp" ]; then
+    exit 0
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+if ! .venv/bin/python -m pip install -q -e ".[$EXTRAS]" >.venv/pip.log 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" .venv/pip.log >&2
+    echo "setup: pip install failed (log: .venv/pip.log)" >&2
+    exit 1
+fi
+.venv/bin/python -c "import curation, curation.stages, curation.tokenizer" 
+rm -f .venv/.installed-*
+touch "$stamp"

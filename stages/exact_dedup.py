@@ -1,0 +1,162 @@
+"""`exact_dedup`: one document per normalised text across the whole corpus.
+
+Rule for which copy is kept: the first in corpus order, that is the lowest (input shard index, row),
+with input shards sorted by path. The others are rejected with reason `exact_duplicate` and
+`duplicate_of` set to the kept document's id; every row that took part gets `dup_cluster` (the hash).
+
+Corpus-wide in three steps (see `GlobalStage`): each worker hashes its batches and spills
+(hash, shard, row, id) to Parquet; the aggregate step shuffles those keys into partitions by hash
+(Ray tasks), then each partition finds its duplicates and writes the decisions sorted by shard;
+each worker then reads only the decisions of its shard. No step holds the corpus's keys in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from curation.io import AtomicParquetWriter
+from curation.stage import (ID, TEXT, AggregateContext, BatchPosition, GlobalStage, drop_rows, live_mask,
+                            register_stage, set_column)
+
+REASON = "exact_duplicate"
+HASH_BYTES = 16  # 128 bits: no accidental collision at any corpus size we will see
+
+
+def normalise_for_hash(text: pa.Array) -> pa.Array:
+    """Lower-case, collapse runs of white space, trim: copies differing only in those count as one."""
+    text = pc.utf8_lower(text)
+    text = pc.replace_substring_regex(text, r"\s+", " ")
+    return pc.utf8_trim_whitespace(text)
+
+
+def text_hashes(text: pa.Array) -> pa.FixedSizeBinaryArray:
+    normalised = normalise_for_hash(text).to_pylist()
+    digests = [hashlib.blake2b(t.encode("utf-8"), digest_size=HASH_BYTES).digest() for t in normalised]
+    return pa.array(digests, pa.binary(HASH_BYTES))
+
+
+def _partition_keys(args: tuple[str, str, int]) -> int:
+    """Shuffle map: split one shard's keys into partitions by the hash's first bytes."""
+    keys_path, parts_dir, partitions = args
+    table = pq.read_table(keys_path)
+    first = np.frombuffer(pc.binary_slice(table.column("hash"), 0, 4).combine_chunks().buffers()[1],
+                          dtype=">u4")[: table.num_rows] if table.num_rows else np.zeros(0, ">u4")
+    part = (first % partitions).astype(np.int32)
+    name = os.path.basename(keys_path)
+    for p in range(partitions):
+        writer = AtomicParquetWriter(os.path.join(parts_dir, f"p{p:04d}", name), schema=table.schema)
+        writer.write(table.filter(pa.array(part == p)))
+        writer.commit()
+    return table.num_rows
+
+
+def _reduce_partition(args: tuple[str, str]) -> dict[str, int]:
+    """Shuffle reduce: within one partition, keep the first copy of each hash."""
+    part_dir, out_path = args
+    files = sorted(glob.glob(os.path.join(part_dir, "*.parquet")))
+    table = ds.dataset(files, format="parquet").to_table() if files else None
+    if table is None or table.num_rows == 0:
+        AtomicParquetWriter(out_path, schema=_DECISION_SCHEMA).commit()
+        return {"keys": 0, "duplicates": 0, "clusters": 0}
+    table = table.sort_by([("hash", "ascending"), ("shard", "ascending"), ("row", "ascending")])
+    hashes = table.column("hash").combine_chunks()
+    same_as_previous = np.zeros(table.num_rows, dtype=bool)
+    if table.num_rows > 1:
+        same_as_previous[1:] = pc.equal(hashes[1:], hashes[:-1]).to_numpy(zero_copy_only=False)
+    # The kept row of each group is its first; every row of a group of size > 1 is in a cluster.
+    group_start = np.flatnonzero(~same_as_previous)
+    group_of_row = np.cumsum(~same_as_previous) - 1
+    group_size = np.diff(np.append(group_start, table.num_rows))
+    in_cluster = group_size[group_of_row] > 1
+    kept_ids = table.column("id").combine_chunks().take(pa.array(group_start[group_of_row]))
+    decisions = pa.table({
+        "shard": table.column("shard"),
+        "row": table.column("row"),
+        "duplicate_of": pc.if_else(pa.array(same_as_previous), kept_ids, pa.nulls(table.num_rows, pa.string())),
+        "dup_cluster": pa.array([h.hex() for h in pc.binary_slice(hashes, 0, 8).to_pylist()], pa.string()),
+    }).filter(pa.array(in_cluster))
+    # Only rows in a cluster are written: the apply step treats every other row as unique.
+    decisions = decisions.sort_by([("shard", "ascending"), ("row", "ascending")])
+    writer = AtomicParquetWriter(out_path, schema=_DECISION_SCHEMA)
+    writer.write(decisions.cast(_DECISION_SCHEMA))
+    writer.commit()
+    sizes = group_size[group_size > 1]
+    return {"keys": int(table.num_rows), "duplicates": int(same_as_previous.sum()), "clusters": int(len(sizes)),
+            **{f"cluster_size_{k}": int(v) for k, v in zip(*np.unique(np.minimum(sizes, 10), return_counts=True))}}
+
+
+_DECISION_SCHEMA = pa.schema([
+    ("shard", pa.int32()), ("row", pa.int64()), ("duplicate_of", pa.string()), ("dup_cluster", pa.string()),
+])
+
+
+@register_stage("exact_dedup")
+class ExactDedup(GlobalStage):
+    """Keeps the first copy (corpus order) of each normalised text; rejects the others as exact_duplicate."""
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Config:
+        partitions: int = 16  # shuffle partitions: a reducer holds about 1/partitions of the keys
+
+        def __post_init__(self) -> None:
+            if not 1 <= self.partitions <= 4096:
+                raise ValueError("partitions must be between 1 and 4096")
+
+    def keys(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.Table | None:
+        live = live_mask(batch)
+        rows = pc.indices_nonzero(live)
+        if len(rows) == 0:
+            return None
+        text = pc.take(batch.column(TEXT), rows)
+        return pa.table({
+            "hash": text_hashes(text),
+            "shard": pa.array(np.full(len(rows), position.shard_index, dtype=np.int32)),
+            "row": pc.add(rows.cast(pa.int64()), position.row_offset),
+            "id": pc.take(batch.column(ID), rows),
+        })
+
+    def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
+        parts_dir = os.path.join(ctx.work_dir, "parts")
+        decisions_dir = os.path.join(ctx.work_dir, "decisions")
+        n = self.config.partitions
+        ctx.map(_partition_keys, [(path, parts_dir, n) for path in ctx.keys_paths])
+        results = ctx.map(_reduce_partition, [
+            (os.path.join(parts_dir, f"p{p:04d}"), os.path.join(decisions_dir, f"p{p:04d}.parquet")) for p in range(n)
+        ])
+        total: dict[str, int] = {}
+        for result in results:
+            for key, value in result.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def prepare(self, work_dir: str, shard_index: int) -> None:
+        files = sorted(glob.glob(os.path.join(work_dir, "decisions", "*.parquet")))
+        table = ds.dataset(files, format="parquet").to_table(filter=ds.field("shard") == shard_index)
+        self._decisions = table.sort_by("row")
+        self._rows = self._decisions.column("row").to_numpy()
+
+    def apply(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.RecordBatch:
+        n = batch.num_rows
+        lo, hi = np.searchsorted(self._rows, [position.row_offset, position.row_offset + n])
+        local = self._decisions.slice(lo, hi - lo)
+        duplicate_of: list[str | None] = [None] * n
+        cluster: list[str | None] = [None] * n
+        # Only rows in a cluster are visited: a small fraction of the batch.
+        for row, of, name in zip((self._rows[lo:hi] - position.row_offset).tolist(),
+                                 local.column("duplicate_of").to_pylist(), local.column("dup_cluster").to_pylist()):
+            duplicate_of[row] = of
+            cluster[row] = name
+        duplicate_of_array = pa.array(duplicate_of, pa.string())
+        batch = drop_rows(batch, pc.is_valid(duplicate_of_array), REASON)
+        batch = set_column(batch, "duplicate_of", duplicate_of_array)
+        return set_column(batch, "dup_cluster", pa.array(cluster, pa.string()))
