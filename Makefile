@@ -8,7 +8,7 @@ demo: setup
 	.venv/bin/curation run manifests/demo.yaml
 
 test: setup
-	.venv/bin/python -m pytest -q tests
+	.venv/bin/pytest -q tests
 
 bench: setup
 	.venv/bin/python bench/run_all.py

@@ -54,8 +54,11 @@ class LocalBackend:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def map_shards(self, processor: ShardProcessor, shards: list[Shard]) -> Iterator[tuple[Shard, dict[str, Any]]]:
+    def map_shards(self, processor: ShardProcessor, shards: list[Shard],
+                   stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[Shard, dict[str, Any]]]:
         for shard in shards:
+            if stop():
+                return
             yield shard, processor.process(shard)
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
@@ -86,7 +89,7 @@ class RayBackend:
                 ray.init(address=self.config.address, **kwargs)
             else:
                 # The embedded default: a local Ray instance started (and stopped) by the library.
-                ray.init(num_cpus=self.config.num_cpus, include_dashboard=False,
+                ray.init(num_cpus=self.config.num_cpus, include_dashboard=self.config.dashboard,
                          object_store_memory=512 * 1024 * 1024, **kwargs)
                 self._started_ray = True
         return self
@@ -110,7 +113,10 @@ class RayBackend:
             wanted = max(1, int(ray.cluster_resources().get("CPU", 1)))
         return max(1, min(wanted, shards))
 
-    def map_shards(self, processor: ShardProcessor, shards: list[Shard]) -> Iterator[tuple[Shard, dict[str, Any]]]:
+    def map_shards(self, processor: ShardProcessor, shards: list[Shard],
+                   stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[Shard, dict[str, Any]]]:
+        """Yield (shard, result) as shards finish. Once `stop()` is true no new shard starts, but the
+        running ones finish and commit, so a failing run leaves no half-written output behind."""
         import ray
         from ray.exceptions import RayActorError, WorkerCrashedError
 
@@ -120,8 +126,8 @@ class RayBackend:
         idle = [worker_cls.remote(processor) for _ in range(self._worker_count(len(shards)))]
         running: dict[Any, tuple[Any, Shard]] = {}
         try:
-            while pending or running:
-                while pending and idle:
+            while (pending and not stop()) or running:
+                while pending and idle and not stop():
                     actor = idle.pop()
                     shard = pending.pop()
                     running[actor.process.remote(shard)] = (actor, shard)
@@ -280,13 +286,17 @@ def _run_segment(backend, segment: Segment, todo: list[Shard], config: PipelineC
     label = f"pass {segment.index + 1}/{n_segments}" if n_segments > 1 else "curation"
     with tqdm(total=sum(s.size for s in todo), unit="B", unit_scale=True, desc=label,
               disable=not options.progress, dynamic_ncols=True) as bar:
-        for shard, result in backend.map_shards(processor, todo):
+        failure: list[str] = []
+        for shard, result in backend.map_shards(processor, todo, stop=lambda: bool(failure)):
             bar.update(shard.size)
             if "error" in result:
                 if not options.skip_bad_shards:
-                    raise PipelineError(f"bad input shard: {result['error']} (or run with --skip-bad-shards)")
+                    failure.append(result["error"])  # let the running shards finish, start no more
+                    continue
                 log.warning("skipping bad shard: %s", result["error"])
                 bad[shard.index] = result["error"]
+    if failure:
+        raise PipelineError(f"bad input shard: {failure[0]} (or run with --skip-bad-shards)")
 
 
 def _run_aggregate(backend, segment: Segment, shards: list[Shard], layout: Layout, bad: dict[int, str]) -> None:

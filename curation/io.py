@@ -132,6 +132,16 @@ def _read_parquet(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]
         raise InputError(f"{shard.path}: cannot read Parquet: {exc} (truncated or corrupt file?)") from None
 
 
+def _first_invalid_utf8(text: pa.Array) -> int:
+    for index, value in enumerate(text.view(pa.binary()).to_pylist()):
+        try:
+            if value is not None:
+                value.decode("utf-8")
+        except UnicodeDecodeError:
+            return index
+    return 0
+
+
 def _normalise(batch: pa.RecordBatch, shard: Shard, config: InputConfig, row_offset: int) -> pa.RecordBatch:
     """Canonical columns: `id` and `text` as strings, then `drop_reason`; the input's others follow."""
     names = batch.schema.names
@@ -143,9 +153,12 @@ def _normalise(batch: pa.RecordBatch, shard: Shard, config: InputConfig, row_off
     if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
         raise InputError(f"{shard.path}: text column {config.text_column!r} has type {text.type}, expected string")
     try:
-        text.validate(full=True)  # catches invalid UTF-8 that Parquet files may carry
-    except pa.ArrowInvalid as exc:
-        raise InputError(f"{shard.path}: rows {row_offset}..{row_offset + len(text) - 1}: invalid text: {exc}") from None
+        text.validate(full=True)  # catches invalid UTF-8, which neither reader checks
+    except pa.ArrowInvalid:
+        if shard.format == "jsonl":
+            raise InputError(_diagnose_jsonl(shard.path, "invalid UTF-8 in the text column")) from None
+        row = row_offset + _first_invalid_utf8(text)
+        raise InputError(f"{shard.path}: row {row}: text is not valid UTF-8") from None
     if pa.types.is_large_string(text.type):
         text = text.cast(pa.string())
 

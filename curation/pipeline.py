@@ -233,10 +233,13 @@ class ShardProcessor:
         if "next" in outputs:
             outputs["next"].write(batch)
             return
-        live = live_mask(batch)
-        kept = batch.filter(live)
+        reasons = batch.column(DROP_REASON)
+        if reasons.null_count == batch.num_rows:  # nothing dropped: no copy of the batch
+            kept, rejected = batch, batch.slice(0, 0)
+        else:
+            live = live_mask(batch)
+            kept, rejected = batch.filter(live), batch.filter(pc.invert(live))
         kept = kept.drop_columns([DROP_REASON])
-        rejected = batch.filter(pc.invert(live))
         stats.kept_docs += kept.num_rows
         stats.kept_bytes += text_bytes(kept)
         stats.rejected_docs += rejected.num_rows

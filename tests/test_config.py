@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+
+from curation.config import load_pipeline, pipeline_from_dict, with_overrides
+
+BASE = {"input": {"path": "x/*.jsonl"}, "output": {"path": "out"}, "stages": [{"name": "noop"}]}
+
+
+def test_example_pipeline_loads():
+    config = load_pipeline(Path(__file__).parents[1] / "manifests" / "demo.yaml")
+    assert config.input.path == ("../shared/data/*.jsonl.gz",)
+    assert config.executor.kind == "ray"
+    assert [s["name"] for s in config.stages][0] == "length_filter"
+
+
+def test_defaults_and_overrides():
+    config = pipeline_from_dict(BASE)
+    assert config.input.text_column == "text" and config.input.id_column == "id"
+    assert config.executor.kind == "ray"
+    config = with_overrides(config, address="auto")
+    assert config.executor.address == "auto" and config.executor.kind == "ray"
+    assert with_overrides(config, executor="local").executor.kind == "local"
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({**BASE, "inptu": {}}, "unknown top-level key"),
+    ({**BASE, "input": {"path": "x", "colour": 1}}, "unknown key(s) in 'input': colour"),
+    ({**BASE, "executor": {"kind": "slurm"}}, "executor.kind must be one of"),
+    ({**BASE, "input": {"path": "x", "empty_text": "ignore"}}, "input.empty_text"),
+    ({"output": {"path": "o"}}, "input.path is required"),
+    ({"input": {"path": "x"}}, "output.path is required"),
+])
+def test_bad_configs_say_what_is_wrong(raw, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        pipeline_from_dict(raw)
+
+
+def test_yaml_is_read_safely(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("input: !!python/object/apply:os.system ['echo pwned']\noutput: {path: o}\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_pipeline(evil)

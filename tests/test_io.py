@@ -1,0 +1,109 @@
+"""Reading shards: canonical columns, derived ids, and bad input named by file and row or line."""
+
+import gzip
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import read_jsonl, write_jsonl, write_parquet
+from curation.config import InputConfig
+from curation.io import AtomicParquetWriter, InputError, list_shards, read_shard
+
+
+def read_all(path, **options):
+    config = InputConfig(path=(str(path),), **options)
+    (shard,) = list_shards(config)
+    return pa.Table.from_batches(list(read_shard(shard, config)))
+
+
+def test_jsonl_gz_and_parquet_read_the_same(tmp_path, data_dir):
+    rows = read_jsonl("zh_msra_news.jsonl.gz", 50)
+    a = read_all(write_jsonl(tmp_path / "a.jsonl.gz", rows, compress=True))
+    b = read_all(write_parquet(tmp_path / "b.parquet", rows), batch_rows=7)
+    assert a.column_names[:3] == ["id", "text", "drop_reason"]
+    assert a.column("text").to_pylist() == [r["text"] for r in rows] == b.column("text").to_pylist()
+    assert a.column("id").to_pylist() == b.column("id").to_pylist()
+
+
+def test_ids_are_derived_when_missing(tmp_path):
+    rows = [{"content": t} for t in ["one doc", "two doc", "three doc"]]
+    table = read_all(write_jsonl(tmp_path / "noid.jsonl", rows), text_column="content", id_column=None)
+    assert table.column("id").to_pylist() == ["noid:0", "noid:1", "noid:2"]
+    assert table.column("text").to_pylist() == ["one doc", "two doc", "three doc"]
+
+
+def test_integer_ids_become_strings(tmp_path):
+    table = read_all(write_jsonl(tmp_path / "x.jsonl", [{"id": 7, "text": "a"}, {"id": 8, "text": "b"}]))
+    assert table.column("id").to_pylist() == ["7", "8"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"text": "fine"}\n{"text": nope}\n', r"x.jsonl: line 2: not valid JSON"),
+    (b'{"text": "fine"}\n\n{"text": "\xff\xfe"}\n', r"x.jsonl: line 3: not valid UTF-8"),
+    (b'{"text": "fine"}\n[1, 2]\n', r"x.jsonl: line 2: a JSON list, expected an object"),
+    (b'{"text": "fine"}\n{"text": "\\ud800"}\n', r"x.jsonl: line 2: field 'text' holds an invalid surrogate"),
+    (b'{"body": "no text column"}\n', r"x.jsonl: no text column 'text' \(columns: body\)"),
+    (b'{"text": 5}\n', r"x.jsonl: text column 'text' has type int64"),
+    (b'{"text": "a"}\n{"text": ""}\n', r"x.jsonl: row 1: text is null or empty"),
+    (b'{"text": "a"}\n{"text": null}\n', r"x.jsonl: row 1: text is null or empty"),
+])
+def test_bad_jsonl_names_file_and_line(tmp_path, content, message):
+    (tmp_path / "x.jsonl").write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        read_all(tmp_path / "x.jsonl")
+
+
+def test_empty_text_can_be_dropped_with_a_reason(tmp_path):
+    (tmp_path / "x.jsonl").write_bytes(b'{"text": "a"}\n{"text": ""}\n{"text": null}\n')
+    table = read_all(tmp_path / "x.jsonl", empty_text="drop")
+    assert table.column("drop_reason").to_pylist() == [None, "empty_text", "empty_text"]
+
+
+def test_truncated_gzip(tmp_path, data_dir):
+    whole = (data_dir / "en_gum_docs.jsonl.gz").read_bytes()
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match="cut.jsonl.gz"):
+        read_all(tmp_path / "cut.jsonl.gz")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble"])
+def test_corrupt_parquet(tmp_path, damage):
+    path = write_parquet(tmp_path / "x.parquet", read_jsonl("en_gum_docs.jsonl.gz", 30))
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 3: len(data) // 3 + 200] = b"\x00" * 200
+        data[-12:-8] = b"\xff\xff\xff\x7f"  # footer length points nowhere
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"x.parquet: cannot read Parquet"):
+        read_all(path)
+
+
+def test_parquet_with_invalid_utf8_is_refused(tmp_path):
+    # Parquet does not check UTF-8; a binary column cast unsafely to string can carry bad bytes.
+    bad = pa.array([b"fine", b"\xff\xfe bad"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"text": bad}), tmp_path / "x.parquet")
+    with pytest.raises(InputError, match=r"x.parquet: row 1: text is not valid UTF-8"):
+        read_all(tmp_path / "x.parquet")
+
+
+def test_atomic_writer_leaves_nothing_on_abort(tmp_path):
+    writer = AtomicParquetWriter(tmp_path / "out.parquet")
+    writer.write(pa.record_batch({"a": [1, 2]}))
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+    writer = AtomicParquetWriter(tmp_path / "out.parquet")
+    writer.write(pa.record_batch({"a": [1, 2]}))
+    assert not (tmp_path / "out.parquet").exists()  # not visible before commit
+    writer.commit()
+    assert pq.read_table(tmp_path / "out.parquet").column("a").to_pylist() == [1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+
+
+def test_missing_input_is_named(tmp_path):
+    with pytest.raises(InputError, match="input file not found"):
+        list_shards(InputConfig(path=(str(tmp_path / "nope.jsonl"),)))
+    with pytest.raises(InputError, match="no input files match"):
+        list_shards(InputConfig(path=(str(tmp_path / "*.jsonl"),)))
