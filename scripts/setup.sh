@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-EXTRAS=${EXTRAS:-dev}
+EXTRAS=${EXTRAS:-dev,lid}
 
 stamp=.venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$EXTRAS
 if [ -f "$stamp" ]; then
@@ -23,5 +23,7 @@ if ! .venv/bin/python -m pip install -q -e ".[$EXTRAS]" >.venv/pip.log 2>&1; the
     exit 1
 fi
 .venv/bin/python -c "import curation, curation.stages, curation.tokenizer" 
+# Models the stages load (cached outside the repository, checked by hash).
+.venv/bin/curation fetch-models
 rm -f .venv/.installed-*
 touch "$stamp"

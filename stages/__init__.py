@@ -3,4 +3,13 @@
 Importing this package registers them; `curation stages` lists them with their options.
 """
 
-from curation.stages import exact_dedup, length_filter, noop  # noqa: F401  (registration)
+from curation.stages import (  # noqa: F401  (registration)
+    c4,
+    exact_dedup,
+    fineweb,
+    gopher_quality,
+    gopher_repetition,
+    length_filter,
+    lid,
+    noop,
+)

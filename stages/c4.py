@@ -1,0 +1,130 @@
+"""`c4`: the C4 rules (Raffel et al. 2020, section 2.2, and the reference `c4_utils.py`).
+
+Line rules remove lines and rewrite `text`: a word over `max_word_length` characters, no terminal
+punctuation (or ending in an ellipsis), fewer than `min_words_per_line` words, "javascript", cookie and
+terms-of-use phrases; Wikipedia citation marks are cut out. Document rules drop: "lorem ipsum", a curly
+bracket, fewer than `min_sentences` sentences in the kept lines. CJK lines count characters as words
+and end with CJK sentence punctuation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.stage import TEXT, Stage, register_stage, set_column
+from curation.stages import text_rules as tr
+
+POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
+CJK_TRAILING_FRAGMENT = r"([。！？][”」』）]*)[^。！？]+$"
+# Latin sentence ends need white space or the end after them; CJK ones do not (no spaces in CJK text).
+SENTENCE_END = r"[.!?]+['\"”)]*(\s|$)|[。！？]+[”」』）]*"
+
+
+@register_stage("c4")
+class C4(Stage):
+    """C4 line rules (rewrite text) and document rules (lorem ipsum, curly bracket, too few sentences)."""
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Config:
+        remove_citations: bool = True
+        filter_no_terminal_punct: bool = True
+        min_words_per_line: int | None = 3
+        max_word_length: int | None = 1000
+        filter_javascript: bool = True
+        filter_policy: bool = True
+        filter_lorem_ipsum: bool = True
+        filter_curly_bracket: bool = True
+        min_sentences: int | None = 5
+        # CJK sentences are long (about 48 characters in the MSRA news here): fewer make a page.
+        min_sentences_cjk: int | None = 3
+        terminal_punctuation: tuple[str, ...] = tr.TERMINAL_PUNCTUATION
+        cjk_languages: tuple[str, ...] = tr.CJK_LANGUAGES
+        languages: tuple[str, ...] | None = None
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        c = self.config
+        rows = tr.rows_to_check(batch, c.languages)
+        if len(rows) == 0:
+            return batch
+        take = pa.array(rows)
+        text = pc.take(batch.column(TEXT), take)
+        langs = pc.take(batch.column("lang"), take) if "lang" in batch.schema.names else None
+        cjk = tr.cjk_mask(langs, len(rows), c.cjk_languages)
+
+        doc_lines = tr.lines(text)
+        line = pc.utf8_trim_whitespace(doc_lines.values)
+        line_cjk = cjk[doc_lines.parent]
+        line_words = tr.words(line, line_cjk)  # parent = line index
+        n_words = line_words.counts
+        n_lines = len(line)
+        removed = np.full(n_lines, None, dtype=object)
+
+        def remove(reason: str, mask: np.ndarray) -> None:
+            removed[(removed == None) & mask] = reason  # noqa: E711
+
+        if c.max_word_length is not None and len(line_words.values):
+            longest = np.zeros(n_lines, dtype=np.int64)
+            np.maximum.at(longest, line_words.parent, line_words.lengths())
+            remove("too_long_word", longest > c.max_word_length)
+        if c.remove_citations:
+            line = pc.replace_substring_regex(line, CITATION, "")
+        if c.filter_no_terminal_punct and line_cjk.any():
+            # A CJK line is often a whole paragraph of sentences: cut its unterminated tail (a fragment)
+            # instead of losing the paragraph; a line with no sentence end at all still goes.
+            trimmed = pc.replace_substring_regex(line, CJK_TRAILING_FRAGMENT, r"\1")
+            line = pc.if_else(pa.array(line_cjk), trimmed, line)
+        if c.filter_no_terminal_punct:
+            remove("no_terminal_punct", ~tr.ends_with_any(line, c.terminal_punctuation) | tr.ends_with_any(line, ("...",)))
+        if c.min_words_per_line is not None:
+            remove("too_few_words", n_words < c.min_words_per_line)
+        lower = pc.utf8_lower(line)
+        alive = removed == None  # noqa: E711
+        doc_reason = np.full(len(rows), None, dtype=object)
+        if c.filter_lorem_ipsum:
+            hit = alive & tr.to_numpy_bool(pc.match_substring(lower, "lorem ipsum"))
+            doc_reason[np.unique(doc_lines.parent[hit])] = "c4:lorem_ipsum"
+        if c.filter_javascript:
+            remove("javascript", tr.to_numpy_bool(pc.match_substring(lower, "javascript")))
+        if c.filter_curly_bracket:
+            hit = (removed == None) & tr.to_numpy_bool(pc.match_substring(line, "{"))  # noqa: E711
+            curly_docs = np.unique(doc_lines.parent[hit])
+            doc_reason[curly_docs[doc_reason[curly_docs] == None]] = "c4:curly_bracket"  # noqa: E711
+        if c.filter_policy:
+            policy = np.zeros(n_lines, dtype=bool)
+            for phrase in POLICY_PHRASES:
+                policy |= tr.to_numpy_bool(pc.match_substring(lower, phrase))
+            remove("policy", policy)
+
+        keep = removed == None  # noqa: E711
+        sentences = np.maximum(pc.count_substring_regex(line, SENTENCE_END).to_numpy(zero_copy_only=False), 1)
+        doc_sentences = doc_lines.per_doc_sum(np.where(keep, sentences, 0))
+        if c.min_sentences is not None:
+            needed = np.where(cjk, c.min_sentences_cjk if c.min_sentences_cjk is not None else c.min_sentences,
+                              c.min_sentences)
+            few = (doc_reason == None) & (doc_sentences < needed)  # noqa: E711
+            doc_reason[few] = "c4:min_sentences"
+
+        # Rewrite the text of the documents that stay; dropped ones keep their text for auditing.
+        kept_counts = doc_lines.per_doc_count(keep)
+        offsets = np.concatenate([[0], np.cumsum(kept_counts)]).astype(np.int32)
+        rebuilt = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), pc.filter(line, pa.array(keep))), "\n")
+        stays = doc_reason == None  # noqa: E711
+        new_text = pc.if_else(pa.array(stays), rebuilt, text)
+        old_bytes = pc.binary_length(text).to_numpy(zero_copy_only=False)
+        new_bytes = pc.binary_length(new_text).to_numpy(zero_copy_only=False)
+        self.metrics["bytes_removed"] += int((old_bytes - new_bytes)[stays].sum())
+        stays_lines = stays[doc_lines.parent]
+        for reason, count in zip(*np.unique(removed[stays_lines & ~keep].astype(str), return_counts=True)):
+            self.metrics[f"lines_removed:{reason}"] += int(count)
+
+        full_text = batch.column(TEXT)
+        index = np.full(batch.num_rows, -1, dtype=np.int64)
+        index[rows] = np.arange(len(rows))
+        gathered = pc.take(new_text, pa.array(np.maximum(index, 0)))
+        batch = set_column(batch, TEXT, pc.if_else(pa.array(index >= 0), gathered, full_text))
+        return tr.apply_reasons(batch, rows, doc_reason)

@@ -1,0 +1,74 @@
+"""`fineweb`: the FineWeb quality rules (Penedo et al. 2024), document level.
+
+Over the non-blank lines: the fraction ending in terminal punctuation must reach `line_punct_thr`; the
+fraction of short lines must not pass `short_line_thr`; the characters of duplicated lines over the
+document's must not pass `char_duplicates_ratio`; newlines per word must not pass `new_line_ratio`.
+A CJK line says as much in about a third of the characters, so its short-line length is its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.stage import TEXT, Stage, register_stage
+from curation.stages import text_rules as tr
+
+
+@register_stage("fineweb")
+class FineWeb(Stage):
+    """FineWeb rules: line punctuation ratio, short-line ratio, duplicate-line characters, list-like newlines."""
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Config:
+        line_punct_thr: float | None = 0.12
+        line_punct_exclude_zero: bool = False
+        short_line_thr: float | None = 0.67
+        short_line_length: int = 30
+        short_line_length_cjk: int = 10
+        char_duplicates_ratio: float | None = 0.01
+        new_line_ratio: float | None = 0.3
+        terminal_punctuation: tuple[str, ...] = tr.TERMINAL_PUNCTUATION
+        cjk_languages: tuple[str, ...] = tr.CJK_LANGUAGES
+        languages: tuple[str, ...] | None = None
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        c = self.config
+        rows = tr.rows_to_check(batch, c.languages)
+        if len(rows) == 0:
+            return batch
+        take = pa.array(rows)
+        text = pc.take(batch.column(TEXT), take)
+        langs = pc.take(batch.column("lang"), take) if "lang" in batch.schema.names else None
+        cjk = tr.cjk_mask(langs, len(rows), c.cjk_languages)
+        n_chars = np.maximum(pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64), 1)
+
+        doc_lines = tr.non_blank(tr.lines(text))
+        n_lines = doc_lines.counts
+        lengths = doc_lines.lengths()
+        punct = doc_lines.per_doc_count(tr.ends_with_any(doc_lines.values, c.terminal_punctuation))
+        punct_ratio = tr.safe_ratio(punct, n_lines)
+        short_limit = np.where(cjk, c.short_line_length_cjk, c.short_line_length)[doc_lines.parent]
+        short_ratio = tr.safe_ratio(doc_lines.per_doc_count(lengths <= short_limit), n_lines)
+        duplicate = tr.duplicate_elements(doc_lines)
+        dup_chars = doc_lines.per_doc_sum(np.where(duplicate, lengths, 0))
+        words = tr.words(text, cjk).counts
+        newlines = pc.count_substring(text, "\n").to_numpy(zero_copy_only=False)
+
+        never = np.zeros(len(rows), dtype=bool)
+        low_punct = never
+        if c.line_punct_thr is not None:
+            low_punct = (punct_ratio < c.line_punct_thr) & ~((punct_ratio == 0) & c.line_punct_exclude_zero)
+        checks = [
+            ("fineweb:empty", n_lines == 0),
+            ("fineweb:line_punct_ratio", low_punct),
+            ("fineweb:short_line_ratio", short_ratio > c.short_line_thr if c.short_line_thr is not None else never),
+            ("fineweb:char_dup_ratio",
+             dup_chars / n_chars > c.char_duplicates_ratio if c.char_duplicates_ratio is not None else never),
+            ("fineweb:list_ratio",
+             tr.safe_ratio(newlines, words) > c.new_line_ratio if c.new_line_ratio is not None else never),
+        ]
+        return tr.apply_reasons(batch, rows, tr.first_reason(checks, len(rows)))

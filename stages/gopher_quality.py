@@ -1,0 +1,91 @@
+"""`gopher_quality`: the Gopher quality rules (Rae et al. 2021, appendix A1), on whitespace words.
+
+Defaults are the published ones. In CJK documents (see `text_rules.words`) every Han/Kana character is
+a word: the word-count bounds apply to characters, the mean-word-length rule is skipped (one character
+says nothing about word length), and the stop-word rule uses common Chinese/Japanese function characters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.stage import TEXT, Stage, register_stage
+from curation.stages import text_rules as tr
+
+STOP_WORDS_EN = ("the", "be", "to", "of", "and", "that", "have", "with")
+# The most frequent function characters of Chinese and Japanese text.
+STOP_WORDS_CJK = ("的", "了", "是", "在", "和", "有", "不", "这", "也", "就", "都", "而", "及", "与",
+                  "の", "に", "は", "を", "た", "が", "で", "て", "と", "し")
+BULLETS = ("●", "•", "*", "-", "–", "‣", "◦", "▪", "·")
+
+
+@register_stage("gopher_quality")
+class GopherQuality(Stage):
+    """Gopher quality rules: word count and length, symbols, bullets, ellipses, alphabetic words, stop words."""
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Config:
+        min_doc_words: int | None = 50
+        max_doc_words: int | None = 100_000
+        min_avg_word_length: float | None = 3
+        max_avg_word_length: float | None = 10
+        max_symbol_word_ratio: float | None = 0.1
+        max_bullet_lines_ratio: float | None = 0.9
+        max_ellipsis_lines_ratio: float | None = 0.3
+        min_alpha_words_ratio: float | None = 0.8
+        min_stop_words: int | None = 2
+        stop_words: tuple[str, ...] = STOP_WORDS_EN
+        stop_words_cjk: tuple[str, ...] = STOP_WORDS_CJK
+        cjk_languages: tuple[str, ...] = tr.CJK_LANGUAGES
+        languages: tuple[str, ...] | None = None  # only rows whose `lang` is listed (default: all)
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        c = self.config
+        rows = tr.rows_to_check(batch, c.languages)
+        if len(rows) == 0:
+            return batch
+        take = pa.array(rows)
+        text = pc.take(batch.column(TEXT), take)
+        langs = pc.take(batch.column("lang"), take) if "lang" in batch.schema.names else None
+        cjk = tr.cjk_mask(langs, len(rows), c.cjk_languages)
+
+        words = tr.words(text, cjk)
+        n_words = words.counts
+        lengths = words.lengths()
+        mean_length = tr.safe_ratio(words.per_doc_sum(lengths), n_words)
+        symbols = sum(pc.count_substring(text, s).to_numpy() for s in ("#",) + tr.ELLIPSIS).astype(np.int64)
+        doc_lines = tr.lines(text)
+        stripped = pc.utf8_trim_whitespace(doc_lines.values)
+        non_empty = pc.greater(pc.utf8_length(stripped), 0).to_numpy(zero_copy_only=False)
+        n_lines = np.maximum(doc_lines.per_doc_count(non_empty), 1)
+        bullet_lines = doc_lines.per_doc_count(tr.starts_with_any(stripped, BULLETS))
+        ellipsis_lines = doc_lines.per_doc_count(tr.ends_with_any(stripped, tr.ELLIPSIS))
+        has_letter = tr.to_numpy_bool(pc.match_substring_regex(words.values, r"\pL"))
+        alpha_words = words.per_doc_count(has_letter)
+        lowered = pc.utf8_lower(words.values)
+        stop_en = tr.to_numpy_bool(pc.is_in(lowered, value_set=pa.array(list(c.stop_words), pa.string())))
+        stop_cjk = tr.to_numpy_bool(pc.is_in(words.values, value_set=pa.array(list(c.stop_words_cjk), pa.string())))
+        stop_words = np.where(cjk, words.per_doc_count(stop_cjk), words.per_doc_count(stop_en))
+
+        never = np.zeros(len(rows), dtype=bool)
+        checks = [
+            ("gopher_quality:min_doc_words", n_words < c.min_doc_words if c.min_doc_words is not None else never),
+            ("gopher_quality:max_doc_words", n_words > c.max_doc_words if c.max_doc_words is not None else never),
+            ("gopher_quality:mean_word_length",
+             ~cjk & ((mean_length < c.min_avg_word_length) if c.min_avg_word_length is not None else never)
+             | ~cjk & ((mean_length > c.max_avg_word_length) if c.max_avg_word_length is not None else never)),
+            ("gopher_quality:symbol_word_ratio",
+             tr.safe_ratio(symbols, n_words) > c.max_symbol_word_ratio if c.max_symbol_word_ratio is not None else never),
+            ("gopher_quality:bullet_lines",
+             bullet_lines / n_lines > c.max_bullet_lines_ratio if c.max_bullet_lines_ratio is not None else never),
+            ("gopher_quality:ellipsis_lines",
+             ellipsis_lines / n_lines > c.max_ellipsis_lines_ratio if c.max_ellipsis_lines_ratio is not None else never),
+            ("gopher_quality:alpha_words",
+             tr.safe_ratio(alpha_words, n_words) < c.min_alpha_words_ratio if c.min_alpha_words_ratio is not None else never),
+            ("gopher_quality:stop_words", stop_words < c.min_stop_words if c.min_stop_words is not None else never),
+        ]
+        return tr.apply_reasons(batch, rows, tr.first_reason(checks, len(rows)))
