@@ -75,7 +75,8 @@ def words(text: pa.Array, cjk: np.ndarray) -> Tokens:
     if cjk.any():
         spaced = pc.replace_substring_regex(text, CJK_CHAR, r" \1 ")
         text = pc.if_else(pa.array(cjk), spaced, text)
-    return Tokens.from_lists(pc.utf8_split_whitespace(text))
+    # Split keeps an empty token for leading/trailing white space: trim first.
+    return Tokens.from_lists(pc.utf8_split_whitespace(pc.utf8_trim_whitespace(text)))
 
 
 def lines(text: pa.Array) -> Tokens:

@@ -1,0 +1,39 @@
+"""Realistic junk built from the real text of ../shared/data (for rule and quality tests and benches).
+
+Each kind imitates what web crawls are full of: navigation menus, keyword lists, table dumps, fragments,
+code pasted as prose, repeated lines, all-caps spam and cookie banners.
+"""
+
+from __future__ import annotations
+
+import random
+
+from conftest import read_jsonl
+
+COOKIE = ("We use cookies to improve your experience on our site. By continuing to browse you agree to our use "
+          "of cookies. Read our Privacy Policy and Terms of Use. Accept all cookies. Manage preferences.")
+MENU = ["Home", "About us", "Products", "Services", "Contact", "Blog", "News", "Login", "Register", "Cart",
+        "FAQ", "Support", "Careers", "Press", "Sitemap", "Search", "Shop", "Deals", "Help", "Account"]
+
+
+def junk_documents(seed: int = 0, per_kind: int = 40) -> dict[str, list[str]]:
+    rng = random.Random(seed)
+    prose = [r["text"] for r in read_jsonl("en_wikitext2_valid_test.jsonl.gz")] + \
+            [r["text"] for r in read_jsonl("en_gum_docs.jsonl.gz")]
+    words = [w for text in prose[:40] for w in text.split() if w.isalpha()]
+    sentences = [s.strip() + "." for text in prose for s in text.split(". ") if 40 < len(s) < 200]
+    code = [r["text"] for r in read_jsonl("code_humanevalx_linux.jsonl.gz") if len(r["text"]) > 400]
+    kinds: dict[str, list[str]] = {k: [] for k in ("menu", "keywords", "table", "fragments", "code",
+                                                  "repeated_lines", "all_caps", "cookie_banner")}
+    for _ in range(per_kind):
+        kinds["menu"].append("\n".join(rng.sample(MENU, 12) + [" | ".join(rng.sample(MENU, 6)), "© 2019 All rights reserved"]))
+        kinds["keywords"].append(", ".join(rng.choice(words).lower() for _ in range(rng.randint(60, 150))))
+        kinds["table"].append("\n".join("\t".join(str(rng.randint(0, 9999)) for _ in range(6)) for _ in range(30)))
+        kinds["fragments"].append("\n".join(" ".join(rng.choice(sentences).split()[:rng.randint(2, 5)])
+                                            for _ in range(rng.randint(15, 40))))
+        kinds["code"].append(rng.choice(code))
+        line = rng.choice(sentences)
+        kinds["repeated_lines"].append("\n".join([line] * rng.randint(5, 20) + rng.sample(sentences, 3)))
+        kinds["all_caps"].append(" ".join(rng.sample(sentences, 6)).upper() + " BUY NOW!!! LIMITED OFFER!!!")
+        kinds["cookie_banner"].append(COOKIE + "\n" + "\n".join(rng.sample(MENU, 8)))
+    return kinds
