@@ -1,0 +1,129 @@
+"""The four rule stages against datatrove's GopherQuality, GopherRepetition, C4Quality and FineWebQuality
+filters on the same English documents, one core each, in one run; also the agreement on GUM.
+
+    bash scripts/setup_bench.sh && .venv/bin/python bench/bench_rules.py [--repeat 3]
+
+datatrove runs in .venv-bench (its dependencies clash with ours), in a subprocess on the same Parquet file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).parent))
+from corpus import DATA, REPO  # noqa: E402
+
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import read_jsonl  # noqa: E402
+
+from curation.stage import DROP_REASON, build_stage  # noqa: E402
+
+RULES = ["gopher_quality", "gopher_repetition", "c4", "fineweb"]
+BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"
+
+
+def english_documents(repeat: int) -> list[dict]:
+    rows = []
+    for name in ("en_gum_docs.jsonl.gz", "en_wikitext2_valid_test.jsonl.gz", "en_ud_ewt_web_docs.jsonl.gz"):
+        rows += read_jsonl(name)
+    rows += [r for r in read_jsonl("web_commoncrawl_samples.jsonl.gz") if r["text"]]
+    out = []
+    for copy in range(repeat):
+        out += [{"id": f"{r['id']}#{copy}", "text": r["text"]} for r in rows]
+    return out
+
+
+def ours(rows: list[dict]) -> tuple[float, list]:
+    stages = [build_stage({"name": n}) for n in RULES]
+    batches = []
+    for i in range(0, len(rows), 4096):
+        chunk = rows[i:i + 4096]
+        batches.append(pa.RecordBatch.from_pydict({"id": [r["id"] for r in chunk], "text": [r["text"] for r in chunk],
+                                                   DROP_REASON: pa.nulls(len(chunk), pa.string())}))
+    reasons = []
+    start = time.perf_counter()
+    for batch in batches:
+        for stage in stages:
+            batch = stage(batch)
+        reasons += batch.column(DROP_REASON).to_pylist()
+    return time.perf_counter() - start, reasons
+
+
+def datatrove(rows: list[dict], folder: Path) -> tuple[float, list[dict]]:
+    source = folder / "docs.parquet"
+    pq.write_table(pa.table({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows]}), source)
+    decisions = folder / "decisions.jsonl"
+    env = {**os.environ, "NLTK_DATA": str(REPO / ".cache" / "nltk_data"), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([str(BENCH_PYTHON), str(REPO / "bench" / "_datatrove_rules.py"), str(source), str(decisions)],
+                         check=True, capture_output=True, text=True, env=env)
+    seconds = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+    return seconds, [json.loads(line) for line in decisions.read_text().splitlines()]
+
+
+WHY = {
+    ("gopher_quality:gopher_below_alpha_threshold", None):
+        "datatrove's word tokenizer makes punctuation separate words, so fewer than 80% of its words hold a "
+        "letter; Gopher's published rule is on whitespace words, of which over 80% do",
+}
+
+
+def gum_agreement(folder: Path) -> dict:
+    rows = [{"id": r["id"], "text": r["text"]} for r in read_jsonl("en_gum_docs.jsonl.gz")]
+    _, theirs = datatrove(rows, folder)
+    _, mine = ours(rows)
+    disagreements = []
+    for row, dt, reason in zip(rows, theirs, mine):
+        if dt["kept"] != (reason is None):
+            disagreements.append({"id": row["id"], "datatrove": dt["reason"] or "kept", "curation": reason or "kept",
+                                  "why": WHY.get((dt["reason"], reason), "unexplained")})
+    return {"docs": len(rows), "agree": 1 - len(disagreements) / len(rows),
+            "datatrove_decisions": {row["id"]: dt["reason"] for row, dt in zip(rows, theirs)},
+            "datatrove_kept": sum(d["kept"] for d in theirs) / len(rows),
+            "curation_kept": sum(r is None for r in mine) / len(rows), "disagreements": disagreements}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if not BENCH_PYTHON.exists():
+        sys.exit("run scripts/setup_bench.sh first")
+    rows = english_documents(args.repeat)
+    mb = sum(len(r["text"].encode()) for r in rows) / 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        dt_s, dt_decisions = datatrove(rows, Path(tmp))
+        our_s, our_reasons = ours(rows)
+        agreement = gum_agreement(Path(tmp))
+    report = {
+        "docs": len(rows), "text_mb": round(mb, 2), "cores": 1,
+        "datatrove_mb_s": round(mb / dt_s, 3), "curation_mb_s": round(mb / our_s, 3),
+        "speedup_vs_datatrove": round(dt_s / our_s, 2),
+        "kept": {"datatrove": sum(d["kept"] for d in dt_decisions) / len(rows),
+                 "curation": sum(r is None for r in our_reasons) / len(rows)},
+        "gum_agreement": {k: v for k, v in agreement.items() if k not in ("disagreements", "datatrove_decisions")},
+        "top_reasons": {"datatrove": Counter(d["reason"] for d in dt_decisions if d["reason"]).most_common(6),
+                        "curation": Counter(r for r in our_reasons if r).most_common(6)},
+    }
+    print(json.dumps(report, indent=2))
+    results = REPO / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "rules.json").write_text(json.dumps(report, indent=2) + "\n")
+    fixture = REPO / "tests" / "fixtures" / "datatrove_gum_disagreements.json"
+    fixture.parent.mkdir(parents=True, exist_ok=True)
+    fixture.write_text(json.dumps({"datatrove_version": "0.10.1", "datatrove_decisions": agreement["datatrove_decisions"],
+                                   "disagreements": agreement["disagreements"]}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
