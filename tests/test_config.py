@@ -11,7 +11,8 @@ def test_example_pipeline_loads():
     config = load_pipeline(Path(__file__).parents[1] / "manifests" / "demo.yaml")
     assert config.input.path == ("../shared/data/*.jsonl.gz",)
     assert config.executor.kind == "ray"
-    assert [s["name"] for s in config.stages][0] == "length_filter"
+    assert [s["name"] for s in config.stages][0] == "lid"
+    assert config.input.empty_text == "drop"
 
 
 def test_defaults_and_overrides():
