@@ -11,4 +11,7 @@ test: setup
 	.venv/bin/pytest -q tests
 
 bench: setup
-	.venv/bin/python bench/run_all.py
+	bash scripts/setup_bench.sh
+	.venv/bin/python bench/bench_overhead.py
+	.venv/bin/python bench/bench_lid.py
+	.venv/bin/python bench/bench_rules.py
