@@ -93,6 +93,32 @@ def gum_agreement(folder: Path) -> dict:
             "curation_kept": sum(r is None for r in mine) / len(rows), "disagreements": disagreements}
 
 
+def junk_comparison(folder: Path) -> dict:
+    from junk import junk_documents
+
+    result = {}
+    for kind, texts in junk_documents().items():
+        rows = [{"id": f"{kind}{i}", "text": t} for i, t in enumerate(texts)]
+        _, theirs = datatrove(rows, folder)
+        _, mine = ours(rows)
+        result[kind] = {"datatrove_dropped": round(1 - sum(d["kept"] for d in theirs) / len(rows), 3),
+                        "curation_dropped": round(sum(r is not None for r in mine) / len(rows), 3)}
+    for who in ("datatrove_dropped", "curation_dropped"):
+        result.setdefault("all", {})[who] = round(sum(v[who] for k, v in result.items() if k != "all") / 8, 3)
+    return result
+
+
+def prose_kept(folder: Path) -> dict:
+    result = {}
+    for name in ("en_wikitext2_valid_test.jsonl.gz", "en_gum_docs.jsonl.gz"):
+        rows = [{"id": r["id"], "text": r["text"]} for r in read_jsonl(name)]
+        _, theirs = datatrove(rows, folder)
+        _, mine = ours(rows)
+        result[name] = {"datatrove_kept": round(sum(d["kept"] for d in theirs) / len(rows), 3),
+                        "curation_kept": round(sum(r is None for r in mine) / len(rows), 3)}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
@@ -105,6 +131,8 @@ def main() -> None:
         dt_s, dt_decisions = datatrove(rows, Path(tmp))
         our_s, our_reasons = ours(rows)
         agreement = gum_agreement(Path(tmp))
+        junk = junk_comparison(Path(tmp))
+        prose = prose_kept(Path(tmp))
     report = {
         "docs": len(rows), "text_mb": round(mb, 2), "cores": 1,
         "datatrove_mb_s": round(mb / dt_s, 3), "curation_mb_s": round(mb / our_s, 3),
@@ -112,6 +140,8 @@ def main() -> None:
         "kept": {"datatrove": sum(d["kept"] for d in dt_decisions) / len(rows),
                  "curation": sum(r is None for r in our_reasons) / len(rows)},
         "gum_agreement": {k: v for k, v in agreement.items() if k not in ("disagreements", "datatrove_decisions")},
+        "junk_dropped": junk,
+        "good_prose_kept": prose,
         "top_reasons": {"datatrove": Counter(d["reason"] for d in dt_decisions if d["reason"]).most_common(6),
                         "curation": Counter(r for r in our_reasons if r).most_common(6)},
     }

@@ -39,12 +39,17 @@ class C4(Stage):
         filter_policy: bool = True
         filter_lorem_ipsum: bool = True
         filter_curly_bracket: bool = True
+        curly_bracket_scope: str = "page"  # "page" (the paper) or "kept_lines" (the reference code)
         min_sentences: int | None = 5
         # CJK sentences are long (about 48 characters in the MSRA news here): fewer make a page.
         min_sentences_cjk: int | None = 3
         terminal_punctuation: tuple[str, ...] = tr.TERMINAL_PUNCTUATION
         cjk_languages: tuple[str, ...] = tr.CJK_LANGUAGES
         languages: tuple[str, ...] | None = None
+
+        def __post_init__(self) -> None:
+            if self.curly_bracket_scope not in ("page", "kept_lines"):
+                raise ValueError("curly_bracket_scope must be 'page' or 'kept_lines'")
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         c = self.config
@@ -91,7 +96,12 @@ class C4(Stage):
         if c.filter_javascript:
             remove("javascript", tr.to_numpy_bool(pc.match_substring(lower, "javascript")))
         if c.filter_curly_bracket:
-            hit = (removed == None) & tr.to_numpy_bool(pc.match_substring(line, "{"))  # noqa: E711
+            # The paper: "We removed any pages that contained a curly bracket" - anywhere on the page.
+            # The reference code looks only at lines that survived the line rules (curly_bracket_scope:
+            # kept_lines), which lets code through: its brace lines end without punctuation.
+            hit = tr.to_numpy_bool(pc.match_substring(line, "{"))
+            if c.curly_bracket_scope == "kept_lines":
+                hit &= removed == None  # noqa: E711
             curly_docs = np.unique(doc_lines.parent[hit])
             doc_reason[curly_docs[doc_reason[curly_docs] == None]] = "c4:curly_bracket"  # noqa: E711
         if c.filter_policy:

@@ -66,8 +66,8 @@ class GopherQuality(Stage):
         ellipsis_lines = doc_lines.per_doc_count(tr.ends_with_any(stripped, tr.ELLIPSIS))
         has_letter = tr.to_numpy_bool(pc.match_substring_regex(words.values, r"\pL"))
         alpha_words = words.per_doc_count(has_letter)
-        lowered = pc.utf8_lower(words.values)
-        stop_en = tr.to_numpy_bool(pc.is_in(lowered, value_set=pa.array(list(c.stop_words), pa.string())))
+        # Case-sensitive, as the rule is usually implemented: shouting text ("THE", "AND") has no stop words.
+        stop_en = tr.to_numpy_bool(pc.is_in(words.values, value_set=pa.array(list(c.stop_words), pa.string())))
         stop_cjk = tr.to_numpy_bool(pc.is_in(words.values, value_set=pa.array(list(c.stop_words_cjk), pa.string())))
         stop_words = np.where(cjk, words.per_doc_count(stop_cjk), words.per_doc_count(stop_en))
 
