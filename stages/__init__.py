@@ -11,5 +11,6 @@ from curation.stages import (  # noqa: F401  (registration)
     gopher_repetition,
     length_filter,
     lid,
+    minhash_dedup,
     noop,
 )

@@ -25,10 +25,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from curation.io import AtomicParquetWriter
-from curation.stage import (ID, TEXT, AggregateContext, BatchPosition, GlobalStage, drop_rows, live_mask,
-                            register_stage, set_column)
+from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStage, live_mask, register_stage
+from curation.stages.dedup_common import DECISION_SCHEMA, AppliesDecisions, partition_keys
 
-REASON = "exact_duplicate"
 HASH_BYTES = 16  # 128 bits: no accidental collision at any corpus size we will see
 
 
@@ -45,28 +44,13 @@ def text_hashes(text: pa.Array) -> pa.FixedSizeBinaryArray:
     return pa.array(digests, pa.binary(HASH_BYTES))
 
 
-def _partition_keys(args: tuple[str, str, int]) -> int:
-    """Shuffle map: split one shard's keys into partitions by the hash's first bytes."""
-    keys_path, parts_dir, partitions = args
-    table = pq.read_table(keys_path)
-    first = np.frombuffer(pc.binary_slice(table.column("hash"), 0, 4).combine_chunks().buffers()[1],
-                          dtype=">u4")[: table.num_rows] if table.num_rows else np.zeros(0, ">u4")
-    part = (first % partitions).astype(np.int32)
-    name = os.path.basename(keys_path)
-    for p in range(partitions):
-        writer = AtomicParquetWriter(os.path.join(parts_dir, f"p{p:04d}", name), schema=table.schema)
-        writer.write(table.filter(pa.array(part == p)))
-        writer.commit()
-    return table.num_rows
-
-
 def _reduce_partition(args: tuple[str, str]) -> dict[str, int]:
     """Shuffle reduce: within one partition, keep the first copy of each hash."""
     part_dir, out_path = args
     files = sorted(glob.glob(os.path.join(part_dir, "*.parquet")))
     table = ds.dataset(files, format="parquet").to_table() if files else None
     if table is None or table.num_rows == 0:
-        AtomicParquetWriter(out_path, schema=_DECISION_SCHEMA).commit()
+        AtomicParquetWriter(out_path, schema=DECISION_SCHEMA).commit()
         return {"keys": 0, "duplicates": 0, "clusters": 0}
     table = table.sort_by([("hash", "ascending"), ("shard", "ascending"), ("row", "ascending")])
     hashes = table.column("hash").combine_chunks()
@@ -87,21 +71,16 @@ def _reduce_partition(args: tuple[str, str]) -> dict[str, int]:
     }).filter(pa.array(in_cluster))
     # Only rows in a cluster are written: the apply step treats every other row as unique.
     decisions = decisions.sort_by([("shard", "ascending"), ("row", "ascending")])
-    writer = AtomicParquetWriter(out_path, schema=_DECISION_SCHEMA)
-    writer.write(decisions.cast(_DECISION_SCHEMA))
+    writer = AtomicParquetWriter(out_path, schema=DECISION_SCHEMA)
+    writer.write(decisions.cast(DECISION_SCHEMA))
     writer.commit()
     sizes = group_size[group_size > 1]
     return {"keys": int(table.num_rows), "duplicates": int(same_as_previous.sum()), "clusters": int(len(sizes)),
             **{f"cluster_size_{k}": int(v) for k, v in zip(*np.unique(np.minimum(sizes, 10), return_counts=True))}}
 
 
-_DECISION_SCHEMA = pa.schema([
-    ("shard", pa.int32()), ("row", pa.int64()), ("duplicate_of", pa.string()), ("dup_cluster", pa.string()),
-])
-
-
 @register_stage("exact_dedup")
-class ExactDedup(GlobalStage):
+class ExactDedup(AppliesDecisions, GlobalStage):
     """Keeps the first copy (corpus order) of each normalised text; rejects the others as exact_duplicate."""
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -111,6 +90,8 @@ class ExactDedup(GlobalStage):
         def __post_init__(self) -> None:
             if not 1 <= self.partitions <= 4096:
                 raise ValueError("partitions must be between 1 and 4096")
+
+    reason = "exact_duplicate"
 
     def keys(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.Table | None:
         live = live_mask(batch)
@@ -129,7 +110,7 @@ class ExactDedup(GlobalStage):
         parts_dir = os.path.join(ctx.work_dir, "parts")
         decisions_dir = os.path.join(ctx.work_dir, "decisions")
         n = self.config.partitions
-        ctx.map(_partition_keys, [(path, parts_dir, n) for path in ctx.keys_paths])
+        ctx.map(partition_keys, [(path, parts_dir, n, "hash") for path in ctx.keys_paths])
         results = ctx.map(_reduce_partition, [
             (os.path.join(parts_dir, f"p{p:04d}"), os.path.join(decisions_dir, f"p{p:04d}.parquet")) for p in range(n)
         ])
@@ -139,24 +120,3 @@ class ExactDedup(GlobalStage):
                 total[key] = total.get(key, 0) + value
         return total
 
-    def prepare(self, work_dir: str, shard_index: int) -> None:
-        files = sorted(glob.glob(os.path.join(work_dir, "decisions", "*.parquet")))
-        table = ds.dataset(files, format="parquet").to_table(filter=ds.field("shard") == shard_index)
-        self._decisions = table.sort_by("row")
-        self._rows = self._decisions.column("row").to_numpy()
-
-    def apply(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.RecordBatch:
-        n = batch.num_rows
-        lo, hi = np.searchsorted(self._rows, [position.row_offset, position.row_offset + n])
-        local = self._decisions.slice(lo, hi - lo)
-        duplicate_of: list[str | None] = [None] * n
-        cluster: list[str | None] = [None] * n
-        # Only rows in a cluster are visited: a small fraction of the batch.
-        for row, of, name in zip((self._rows[lo:hi] - position.row_offset).tolist(),
-                                 local.column("duplicate_of").to_pylist(), local.column("dup_cluster").to_pylist()):
-            duplicate_of[row] = of
-            cluster[row] = name
-        duplicate_of_array = pa.array(duplicate_of, pa.string())
-        batch = drop_rows(batch, pc.is_valid(duplicate_of_array), REASON)
-        batch = set_column(batch, "duplicate_of", duplicate_of_array)
-        return set_column(batch, "dup_cluster", pa.array(cluster, pa.string()))

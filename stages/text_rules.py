@@ -75,8 +75,16 @@ def words(text: pa.Array, cjk: np.ndarray) -> Tokens:
     if cjk.any():
         spaced = pc.replace_substring_regex(text, CJK_CHAR, r" \1 ")
         text = pc.if_else(pa.array(cjk), spaced, text)
-    # Split keeps an empty token for leading/trailing white space: trim first.
-    return Tokens.from_lists(pc.utf8_split_whitespace(pc.utf8_trim_whitespace(text)))
+    # Split keeps an empty token for leading/trailing white space (and gives [""] for ""): trim first,
+    # then drop empty tokens.
+    tokens = Tokens.from_lists(pc.utf8_split_whitespace(pc.utf8_trim_whitespace(text)))
+    empty = pc.equal(pc.binary_length(tokens.values), 0)
+    if pc.any(empty).as_py():
+        keep = pc.invert(empty)
+        parent = tokens.parent[to_numpy_bool(keep)]
+        tokens = Tokens(pc.filter(tokens.values, keep), parent,
+                        np.bincount(parent, minlength=tokens.n_docs).astype(np.int64), tokens.n_docs)
+    return tokens
 
 
 def lines(text: pa.Array) -> Tokens:

@@ -1,0 +1,87 @@
+"""What the dedup stages share: the shuffle of spilled keys into partitions, the decision files, and
+applying them to a shard (drop the duplicates, add `duplicate_of` and `dup_cluster`)."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from curation.io import AtomicParquetWriter
+from curation.stage import BatchPosition, drop_rows, set_column
+
+# One row per document that is in a cluster: duplicate_of is null for the kept one.
+DECISION_SCHEMA = pa.schema([
+    ("shard", pa.int32()), ("row", pa.int64()), ("duplicate_of", pa.string()), ("dup_cluster", pa.string()),
+])
+
+
+def partition_of(values: pa.Array, partitions: int) -> np.ndarray:
+    """Partition number from a key column: a fixed-size binary (its first 4 bytes) or an unsigned integer."""
+    if pa.types.is_fixed_size_binary(values.type) or pa.types.is_binary(values.type):
+        prefix = pc.binary_slice(values, 0, 4).cast(pa.binary(4)) if not pa.types.is_fixed_size_binary(values.type) \
+            else pc.binary_slice(values, 0, 4)
+        raw = prefix.combine_chunks() if isinstance(prefix, pa.ChunkedArray) else prefix
+        first = np.frombuffer(raw.buffers()[-1], dtype=">u4")[: len(raw)] if len(raw) else np.zeros(0, ">u4")
+        return (first % partitions).astype(np.int32)
+    numbers = values.to_numpy(zero_copy_only=False).astype(np.uint64)
+    return (numbers % np.uint64(partitions)).astype(np.int32)
+
+
+def partition_keys(args: tuple[str, str, int, str]) -> int:
+    """Shuffle map (a Ray task): split one shard's spilled keys into partitions by `column`."""
+    keys_path, parts_dir, partitions, column = args
+    table = pq.read_table(keys_path)
+    part = partition_of(table.column(column).combine_chunks(), partitions) if table.num_rows else np.zeros(0, np.int32)
+    name = os.path.basename(keys_path)
+    for p in range(partitions):
+        writer = AtomicParquetWriter(os.path.join(parts_dir, f"p{p:04d}", name), schema=table.schema)
+        writer.write(table.filter(pa.array(part == p)))
+        writer.commit()
+    return table.num_rows
+
+
+def read_partition(part_dir: str) -> pa.Table | None:
+    files = sorted(glob.glob(os.path.join(part_dir, "*.parquet")))
+    if not files:
+        return None
+    return ds.dataset(files, format="parquet").to_table()
+
+
+class AppliesDecisions:
+    """Mixin for global dedup stages whose aggregate step writes DECISION_SCHEMA files under decisions/."""
+
+    reason = "duplicate"
+
+    def prepare(self, work_dir: str, shard_index: int) -> None:
+        files = sorted(glob.glob(os.path.join(work_dir, "decisions", "*.parquet")))
+        table = ds.dataset(files, format="parquet", schema=DECISION_SCHEMA).to_table(filter=ds.field("shard") == shard_index)
+        self._decisions = table.sort_by("row")
+        self._rows = self._decisions.column("row").to_numpy()
+
+    def prepare(self, work_dir: str, shard_index: int) -> None:
+        files = sorted(glob.glob(os.path.join(work_dir, "decisions", "*.parquet")))
+        table = ds.dataset(files, format="parquet").to_table(filter=ds.field("shard") == shard_index)
+        self._decisions = table.sort_by("row")
+        self._rows = self._decisions.column("row").to_numpy()
+
+    def apply(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.RecordBatch:
+        n = batch.num_rows
+        lo, hi = np.searchsorted(self._rows, [position.row_offset, position.row_offset + n])
+        local = self._decisions.slice(lo, hi - lo)
+        duplicate_of: list[str | None] = [None] * n
+        cluster: list[str | None] = [None] * n
+        # Only rows in a cluster are visited: a small fraction of the batch.
+        for row, of, name in zip((self._rows[lo:hi] - position.row_offset).tolist(),
+                                 local.column("duplicate_of").to_pylist(), local.column("dup_cluster").to_pylist()):
+            duplicate_of[row] = of
+            cluster[row] = name
+        duplicate_of_array = pa.array(duplicate_of, pa.string())
+        batch = drop_rows(batch, pc.is_valid(duplicate_of_array), self.reason)
+        batch = set_column(batch, "duplicate_of", duplicate_of_array)
+        return set_column(batch, "dup_cluster", pa.array(cluster, pa.string()))

@@ -1,0 +1,145 @@
+"""Corpus-wide dedup through the executor: exact copies and perturbed near-copies spread over shards."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import read_jsonl, write_jsonl, write_parquet
+from curation.config import pipeline_from_dict
+from curation.executor import RunOptions, run_pipeline
+from curation.stage import build_stage
+from curation.stages import minhash_dedup as mh
+
+
+def run(input_dir: Path, out: Path, stages, kind="local"):
+    raw = {"input": {"path": [str(input_dir / "*")]}, "output": {"path": str(out)}, "executor": {"kind": kind},
+           "stages": stages}
+    return run_pipeline(pipeline_from_dict(raw), RunOptions(progress=False))
+
+
+def all_rows(folder: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(p) for p in sorted(folder.glob("*.parquet"))], promote_options="default")
+
+
+def perturb(text: str, rate: float, rng: random.Random) -> str:
+    words = text.split()
+    for i in range(len(words)):
+        if rng.random() < rate:
+            words[i] = rng.choice(["alpha", "beta", "gamma", "delta", "omega"])
+    return " ".join(words)
+
+
+def test_exact_duplicates_across_shards(tmp_path, ray_instance):
+    docs = read_jsonl("en_gum_docs.jsonl.gz", 30)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # shard a holds copies (different ids, different white space and case) of documents of shard c
+    copies = [{"id": f"copy{i}", "text": "  " + d["text"].upper() + "\n"} for i, d in enumerate(docs[20:25])]
+    write_jsonl(folder / "a.jsonl", copies + [{"id": "uniq", "text": "a unique document"}])
+    write_parquet(folder / "b.parquet", [{"id": d["id"], "text": d["text"]} for d in docs[:20]])
+    write_jsonl(folder / "c.jsonl", [{"id": d["id"], "text": d["text"]} for d in docs[20:]])
+    stats = run(folder, tmp_path / "out", [{"name": "exact_dedup", "partitions": 3}], kind="ray")
+    rejected = all_rows(tmp_path / "out" / "rejected")
+    # Corpus order is by path: a < b < c, so the copies in a are kept and the originals in c dropped.
+    assert sorted(rejected.column("id").to_pylist()) == sorted(d["id"] for d in docs[20:25])
+    assert set(rejected.column("drop_reason").to_pylist()) == {"exact_duplicate"}
+    kept = all_rows(tmp_path / "out" / "kept")
+    by_id = dict(zip(kept.column("id").to_pylist(), kept.column("dup_cluster").to_pylist()))
+    for original, kept_id, cluster in zip(rejected.column("id").to_pylist(), rejected.column("duplicate_of").to_pylist(),
+                                          rejected.column("dup_cluster").to_pylist()):
+        assert kept_id.startswith("copy") and by_id[kept_id] == cluster
+    assert by_id["uniq"] is None
+    assert stats["aggregates"]["00_exact_dedup"]["duplicates"] == 5
+
+
+def test_signatures_equal_datasketch():
+    from datasketch import MinHash
+
+    texts = [r["text"] for r in read_jsonl("en_gum_docs.jsonl.gz", 40)] + ["two words", "", "一二三四五六七八九十"]
+    langs = ["en"] * (len(texts) - 1) + ["zh"]
+    stage = build_stage({"name": "minhash_dedup"})
+    stage.setup()
+    ours = stage.signatures(pa.array(texts), pa.array(langs))
+    for i, text in enumerate(texts):
+        words = list(text) if langs[i] == "zh" else text.split()
+        shingles = [" ".join(words[j:j + 5]).encode() for j in range(len(words) - 4)] or (
+            [" ".join(words).encode()] if words else [])
+        reference = MinHash(num_perm=128, seed=1, hashfunc=mh.shingle_hash32)
+        reference.update_batch(shingles)
+        assert np.array_equal(reference.hashvalues, ours[i]), i
+
+
+@pytest.fixture()
+def near_copies(tmp_path):
+    rng = random.Random(7)
+    originals = [r for r in read_jsonl("en_wikitext2_valid_test.jsonl.gz") if len(r["text"]) > 2000][:40]
+    originals += [r for r in read_jsonl("en_gum_docs.jsonl.gz")][:60]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rows, truth = [], {}
+    for i, doc in enumerate(originals):
+        rows.append({"id": doc["id"], "text": doc["text"]})
+        if i % 2 == 0:
+            copy_id = f"{doc['id']}~copy"
+            rows.append({"id": copy_id, "text": perturb(doc["text"], 0.01, rng)})
+            truth[copy_id] = doc["id"]
+    rng.shuffle(rows)
+    for shard in range(4):
+        write_parquet(folder / f"s{shard}.parquet", rows[shard::4])
+    return folder, rows, truth
+
+
+def test_near_duplicates_found_across_shards(tmp_path, near_copies):
+    folder, rows, truth = near_copies
+    stats = run(folder, tmp_path / "out", [{"name": "minhash_dedup", "partitions": 4}])
+    table = pa.concat_tables([all_rows(tmp_path / "out" / "kept").select(["id", "dup_cluster"]),
+                              all_rows(tmp_path / "out" / "rejected").select(["id", "dup_cluster"])])
+    cluster = dict(zip(table.column("id").to_pylist(), table.column("dup_cluster").to_pylist()))
+    found = sum(1 for copy, original in truth.items() if cluster[copy] is not None and cluster[copy] == cluster[original])
+    assert found / len(truth) >= 0.98
+    # No false clusters: every cluster is an original with its own copy.
+    clustered = [i for i, c in cluster.items() if c is not None]
+    assert len(clustered) == 2 * found
+    assert stats["output"]["rejected_docs"] == found
+    assert stats["aggregates"]["00_minhash_dedup"]["cluster_size_2"] == found
+
+
+def test_clusters_agree_with_datasketch_lsh(near_copies):
+    from datasketch import MinHash, MinHashLSH
+
+    _, rows, _ = near_copies
+    stage = build_stage({"name": "minhash_dedup"})
+    stage.setup()
+    sig = stage.signatures(pa.array([r["text"] for r in rows]), None)
+    lsh = MinHashLSH(threshold=0.8, num_perm=128, weights=(0.2, 0.8))
+    for i, row in enumerate(rows):
+        lsh.insert(str(i), MinHash(num_perm=128, seed=1, hashvalues=sig[i], scheme="affine32"))
+    theirs = {tuple(sorted((i, int(j)))) for i in range(len(rows))
+              for j in lsh.query(MinHash(num_perm=128, seed=1, hashvalues=sig[i], scheme="affine32")) if int(j) != i}
+    keys = mh.band_keys(sig, stage.bands, stage.rows)
+    ours = {tuple(sorted((i, j))) for i in range(len(rows)) for j in range(i + 1, len(rows))
+            if (keys[i] == keys[j]).any()}
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("case", ["empty_and_one_word", "all_identical"])
+def test_odd_corpora(tmp_path, case):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if case == "empty_and_one_word":
+        rows = [{"id": str(i), "text": t} for i, t in enumerate([" ", "word", "word", "other", "\n\n"])]
+    else:
+        rows = [{"id": str(i), "text": "the very same document text, again and again"} for i in range(50)]
+    write_jsonl(folder / "x.jsonl", rows)
+    stats = run(folder, tmp_path / "out", [{"name": "minhash_dedup"}])
+    assert stats["output"]["kept_docs"] + stats["output"]["rejected_docs"] == len(rows)
+    if case == "all_identical":
+        assert stats["output"]["kept_docs"] == 1 and stats["aggregates"]["00_minhash_dedup"]["clusters"] == 1
+    else:
+        assert stats["output"]["rejected_docs"] == 1  # the second "word"
