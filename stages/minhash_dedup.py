@@ -4,7 +4,7 @@ Shingles are word n-grams (`ngram`, default 5); in Chinese and Japanese document
 (every Han/Kana character is a "word", see `text_rules.words`). A document shorter than n words is one
 shingle. Signatures use datasketch's permutations and scheme (`affine32`: the MurmurHash3 finalizer,
 then `a*h + b mod 2^32`), computed for a whole Arrow batch at once with numpy. The shingle hash is
-`shingle_hash32` (each word hashed once per batch with SHA-1, then folded); `datasketch.MinHash(
+`shingle_hash32` (each distinct word of a batch hashed once, vectorised over its bytes, then folded); `datasketch.MinHash(
 num_perm, seed, hashfunc=shingle_hash32)` fed the same shingles gives the same signature.
 
 Bands and rows come from datasketch's optimum for `threshold` and `num_perm`. Corpus-wide in three
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import os
 from typing import Any
 
@@ -39,8 +38,53 @@ FMIX32 = (16, np.uint32(0x85EBCA6B), 13, np.uint32(0xC2B2AE35), 16)
 ROW_BITS = 40  # node key = shard << 40 | row
 
 
+WORD_PRIME = 0x01000193
+LONG_WORD = 4096  # bytes; longer words (rare) are hashed one by one
+# P^k mod 2^32: products wrap mod 2^64, and 2^32 divides 2^64, so the low 32 bits are exact.
+_POWERS = np.concatenate([[1], np.cumprod(np.full(LONG_WORD - 1, WORD_PRIME, dtype=np.uint64)) & 0xFFFFFFFF]).astype(np.uint32)
+
+
+def _fmix32_int(h: int) -> int:
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
 def word_hash32(word: bytes) -> int:
-    return int.from_bytes(hashlib.sha1(word).digest()[:4], "little")
+    """A word's 32-bit hash: the polynomial sum(byte_i * P^(len-1-i)) mod 2^32, then MurmurHash3's
+    finalizer. Polynomial so that a whole batch of words hashes at once in numpy (`word_hashes32`)."""
+    h = 0
+    for byte in word:
+        h = (h * WORD_PRIME + byte) & 0xFFFFFFFF
+    return _fmix32_int(h ^ len(word))
+
+
+def word_hashes32(words: pa.Array) -> np.ndarray:
+    """`word_hash32` of every string of an Arrow array, vectorised over its bytes."""
+    if isinstance(words, pa.ChunkedArray):
+        words = words.combine_chunks()
+    n = len(words)
+    if n == 0:
+        return np.zeros(0, np.uint32)
+    offsets = np.frombuffer(words.buffers()[1], dtype=np.int32)[words.offset:words.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(words.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]].astype(np.uint32)
+    lengths = np.diff(offsets)
+    long = lengths > LONG_WORD
+    word_of_byte = np.repeat(np.arange(n), lengths)
+    exponent = (offsets[1:] - offsets[0])[word_of_byte] - 1 - np.arange(len(data))
+    with np.errstate(over="ignore"):
+        contribution = data * _POWERS[np.minimum(exponent, LONG_WORD - 1)]
+        sums = np.zeros(n, dtype=np.uint32)
+        nonempty = lengths > 0
+        starts = (offsets[:-1] - offsets[0])[nonempty]
+        if len(starts):
+            sums[nonempty] = np.add.reduceat(contribution, starts, dtype=np.uint32)
+        hashes = fmix32(sums ^ lengths.astype(np.uint32))
+    for i in np.flatnonzero(long):
+        hashes[i] = word_hash32(words[i].as_py().encode("utf-8"))
+    return hashes
 
 
 def shingle_hash32(shingle: bytes) -> int:
@@ -74,8 +118,7 @@ def shingle_hashes(words: tr.Tokens, n: int) -> tuple[np.ndarray, np.ndarray]:
     if len(words.values) == 0:
         return np.zeros(0, np.uint32), np.zeros(0, np.int64)
     encoded = pc.dictionary_encode(words.values)
-    dictionary = encoded.dictionary.to_pylist()
-    unique_hashes = np.fromiter((word_hash32(w.encode("utf-8")) for w in dictionary), np.uint32, len(dictionary))
+    unique_hashes = word_hashes32(encoded.dictionary)
     w = unique_hashes[encoded.indices.to_numpy(zero_copy_only=False)]
     parent, counts = words.parent, words.counts
     starts_of_doc = np.concatenate([[0], np.cumsum(counts)[:-1]])
