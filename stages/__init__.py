@@ -13,4 +13,5 @@ from curation.stages import (  # noqa: F401  (registration)
     lid,
     minhash_dedup,
     noop,
+    paragraph_dedup,
 )

@@ -143,3 +143,36 @@ def test_odd_corpora(tmp_path, case):
         assert stats["output"]["kept_docs"] == 1 and stats["aggregates"]["00_minhash_dedup"]["clusters"] == 1
     else:
         assert stats["output"]["rejected_docs"] == 1  # the second "word"
+
+
+def test_paragraph_dedup_removes_later_copies_across_shards(tmp_path, ray_instance):
+    docs = read_jsonl("en_gum_docs.jsonl.gz", 6)
+    boiler = "Subscribe to our newsletter for more stories like this one."
+    folder = tmp_path / "in"
+    folder.mkdir()
+    first = [{"id": f"a{i}", "text": d["text"] + "\n" + boiler} for i, d in enumerate(docs[:3])]
+    second = [{"id": f"b{i}", "text": boiler.upper() + "\n" + d["text"]} for i, d in enumerate(docs[3:])]
+    second.append({"id": "b_short", "text": "A short line.\n" + boiler})
+    write_jsonl(folder / "a.jsonl", first)
+    write_jsonl(folder / "b.jsonl", second)
+    stats = run(folder, tmp_path / "out", [{"name": "paragraph_dedup", "partitions": 2}], kind="ray")
+    kept = {r["id"]: r["text"] for r in all_rows(tmp_path / "out" / "kept").to_pylist()}
+    # A plain Python reference of the same rule, in corpus order (a.jsonl, then b.jsonl).
+    seen, expected, removed = set(), {}, 0
+    for row in first + second:
+        parts = []
+        for paragraph in row["text"].split("\n"):
+            key = " ".join(paragraph.lower().split())
+            if key and key in seen:
+                removed += 1
+                continue
+            seen.add(key)
+            parts.append(paragraph)
+        expected[row["id"]] = "\n".join(parts)
+    assert kept["a0"].endswith(boiler)  # the first occurrence stays
+    assert all(boiler.lower() not in kept[f"b{i}"].lower() for i in range(3))  # later copies go, in any case
+    assert kept == {k: v for k, v in expected.items() if k != "b_short"}
+    rejected = all_rows(tmp_path / "out" / "rejected").to_pylist()
+    assert [(r["id"], r["drop_reason"]) for r in rejected] == [("b_short", "paragraph_dedup:too_short")]
+    metrics = stats["stages"][0]["metrics"]
+    assert metrics["paragraphs_removed"] == removed >= 6

@@ -1,0 +1,117 @@
+"""`paragraph_dedup`: exact duplicate paragraphs across the whole corpus, removed CCNet style.
+
+A paragraph is a line (`separator`, default a newline, as CCNet). Paragraphs are compared after
+normalisation (lower case, white space collapsed); blank ones are ignored. The first occurrence in corpus
+order (input shard, row, paragraph) stays; every later occurrence is cut out of its document, and a
+document left with fewer than `min_chars` characters is dropped as `paragraph_dedup:too_short`.
+Metrics: `paragraphs_removed`, `bytes_removed`.
+
+Corpus-wide like `exact_dedup`: workers spill (hash, shard, row, paragraph) for every paragraph, the
+aggregate step shuffles them by hash into partitions (Ray tasks) and each partition lists the later
+copies; each worker then reads only the removals of its shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from curation.io import AtomicParquetWriter
+from curation.stage import TEXT, AggregateContext, BatchPosition, GlobalStage, drop_rows, live_mask, register_stage, set_column
+from curation.stages import text_rules as tr
+from curation.stages.dedup_common import partition_keys, read_partition
+
+REMOVAL_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("paragraph", pa.int32())])
+
+
+def _removals(args: tuple[str, str]) -> dict[str, int]:
+    """Shuffle reduce: in one partition, every occurrence of a paragraph after its first."""
+    part_dir, out_path = args
+    table = read_partition(part_dir)
+    writer = AtomicParquetWriter(out_path, schema=REMOVAL_SCHEMA)
+    removed = 0
+    if table is not None and table.num_rows:
+        table = table.sort_by([("hash", "ascending"), ("shard", "ascending"), ("row", "ascending"),
+                               ("paragraph", "ascending")])
+        hashes = table.column("hash").to_numpy()
+        later = np.concatenate([[False], hashes[1:] == hashes[:-1]])
+        removals = table.select(["shard", "row", "paragraph"]).filter(pa.array(later))
+        writer.write(removals.sort_by([("shard", "ascending"), ("row", "ascending")]).cast(REMOVAL_SCHEMA))
+        removed = int(later.sum())
+    writer.commit()
+    return {"paragraphs": 0 if table is None else table.num_rows, "duplicate_paragraphs": removed}
+
+
+@register_stage("paragraph_dedup")
+class ParagraphDedup(GlobalStage):
+    """Removes paragraphs seen earlier in the corpus (CCNet); drops documents left too short."""
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Config:
+        separator: str = "\n"
+        min_chars: int = 50  # a document left shorter is dropped
+        partitions: int = 16
+
+    def keys(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.Table | None:
+        rows = np.flatnonzero(tr.to_numpy_bool(live_mask(batch)))
+        if len(rows) == 0:
+            return None
+        text = pc.take(batch.column(TEXT), pa.array(rows))
+        paragraphs = tr.Tokens.from_lists(pc.split_pattern(text, self.config.separator))
+        index = np.arange(len(paragraphs.values)) - np.repeat(
+            np.concatenate([[0], np.cumsum(paragraphs.counts)[:-1]]), paragraphs.counts)
+        normal = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(paragraphs.values), r"\s+", " "))
+        keep = tr.to_numpy_bool(pc.greater(pc.utf8_length(normal), 0))
+        values = pc.filter(normal, pa.array(keep)).to_pylist()
+        hashes = np.fromiter((int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
+                              for v in values), np.uint64, len(values))
+        return pa.table({
+            "hash": pa.array(hashes),
+            "shard": pa.array(np.full(len(values), position.shard_index, np.int32)),
+            "row": pa.array(rows[paragraphs.parent[keep]] + position.row_offset),
+            "paragraph": pa.array(index[keep].astype(np.int32)),
+        })
+
+    def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
+        parts_dir = os.path.join(ctx.work_dir, "parts")
+        n = self.config.partitions
+        ctx.map(partition_keys, [(path, parts_dir, n, "hash") for path in ctx.keys_paths])
+        results = ctx.map(_removals, [(os.path.join(parts_dir, f"p{p:04d}"),
+                                       os.path.join(ctx.work_dir, "removals", f"p{p:04d}.parquet")) for p in range(n)])
+        return {key: sum(r[key] for r in results) for key in ("paragraphs", "duplicate_paragraphs")}
+
+    def prepare(self, work_dir: str, shard_index: int) -> None:
+        files = sorted(glob.glob(os.path.join(work_dir, "removals", "*.parquet")))
+        table = ds.dataset(files, format="parquet", schema=REMOVAL_SCHEMA).to_table(filter=ds.field("shard") == shard_index)
+        table = table.sort_by([("row", "ascending"), ("paragraph", "ascending")])
+        self._rows = table.column("row").to_numpy()
+        self._paragraphs = table.column("paragraph").to_numpy()
+
+    def apply(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.RecordBatch:
+        lo, hi = np.searchsorted(self._rows, [position.row_offset, position.row_offset + batch.num_rows])
+        if lo == hi:
+            return batch
+        texts = batch.column(TEXT).to_pylist()
+        rows = self._rows[lo:hi] - position.row_offset
+        paragraphs = self._paragraphs[lo:hi]
+        too_short = np.zeros(batch.num_rows, dtype=bool)
+        sep = self.config.separator
+        # Only documents that lose a paragraph are rebuilt, in Python: a small share of a batch.
+        for row in np.unique(rows):
+            drop = set(paragraphs[rows == row].tolist())
+            parts = texts[row].split(sep)
+            kept = sep.join(p for i, p in enumerate(parts) if i not in drop)
+            self.metrics["paragraphs_removed"] += len(drop)
+            self.metrics["bytes_removed"] += len(texts[row].encode()) - len(kept.encode())
+            texts[row] = kept
+            too_short[row] = len(kept.strip()) < self.config.min_chars
+        batch = set_column(batch, TEXT, pa.array(texts, pa.string()))
+        return drop_rows(batch, pa.array(too_short), "paragraph_dedup:too_short")
