@@ -15,3 +15,4 @@ bench: setup
 	.venv/bin/python bench/bench_overhead.py
 	.venv/bin/python bench/bench_lid.py
 	.venv/bin/python bench/bench_rules.py
+	.venv/bin/python bench/bench_minhash.py
