@@ -16,3 +16,5 @@ bench: setup
 	.venv/bin/python bench/bench_lid.py
 	.venv/bin/python bench/bench_rules.py
 	.venv/bin/python bench/bench_minhash.py
+	.venv/bin/python bench/bench_dedup_quality.py
+	.venv/bin/python bench/bench_near_dedup.py

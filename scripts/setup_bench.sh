@@ -5,11 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-if [ ! -f .venv-bench/.ready ]; then
-    "$PYTHON" -m venv .venv-bench
-    .venv-bench/bin/python -m pip install -q "datatrove==0.10.1" "spacy>=3.7,<4" "nltk>=3.9,<4" "pyarrow>=15,<27" \
+stamp=.venv-bench/.ready-$(sha256sum scripts/setup_bench.sh | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+    [ -x .venv-bench/bin/python ] || "$PYTHON" -m venv .venv-bench
+    .venv-bench/bin/python -m pip install -q "datatrove==0.10.1" "spacy>=3.7,<4" "nltk>=3.9,<4" "pyarrow>=15,<27" "tokenizers>=0.19,<1" "xxhash>=3,<4" \
         >.venv-bench/pip.log 2>&1 || { cat .venv-bench/pip.log >&2; exit 1; }
-    touch .venv-bench/.ready
+    rm -f .venv-bench/.ready*
+    touch "$stamp"
 fi
 # nltk's punkt data cannot be downloaded here: an empty punkt_tab gives its sentence splitter default
 # parameters (no abbreviation list). Only datatrove's C4 filter counts sentences with it.
