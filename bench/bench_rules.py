@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corpus import DATA, REPO  # noqa: E402
+from corpus import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import read_jsonl  # noqa: E402

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from curation.config import ExecutorConfig, PipelineConfig
-from curation.io import InputError, Shard, list_shards, write_json_atomic
+from curation.io import Shard, list_shards, write_json_atomic
 from curation.pipeline import Layout, Segment, ShardProcessor, plan_segments
 from curation.stage import AggregateContext, build_stage
 from curation.stats import RunStats, ShardStats, stage_key

@@ -53,13 +53,10 @@ class C4(Stage):
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         c = self.config
-        rows = tr.rows_to_check(batch, c.languages)
-        if len(rows) == 0:
+        selected = tr.select_rows(batch, c.languages, c.cjk_languages)
+        if selected is None:
             return batch
-        take = pa.array(rows)
-        text = pc.take(batch.column(TEXT), take)
-        langs = pc.take(batch.column("lang"), take) if "lang" in batch.schema.names else None
-        cjk = tr.cjk_mask(langs, len(rows), c.cjk_languages)
+        rows, text, cjk = selected.rows, selected.text, selected.cjk
 
         doc_lines = tr.lines(text)
         line = pc.utf8_trim_whitespace(doc_lines.values)

@@ -64,12 +64,6 @@ class AppliesDecisions:
         self._decisions = table.sort_by("row")
         self._rows = self._decisions.column("row").to_numpy()
 
-    def prepare(self, work_dir: str, shard_index: int) -> None:
-        files = sorted(glob.glob(os.path.join(work_dir, "decisions", "*.parquet")))
-        table = ds.dataset(files, format="parquet").to_table(filter=ds.field("shard") == shard_index)
-        self._decisions = table.sort_by("row")
-        self._rows = self._decisions.column("row").to_numpy()
-
     def apply(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.RecordBatch:
         n = batch.num_rows
         lo, hi = np.searchsorted(self._rows, [position.row_offset, position.row_offset + n])

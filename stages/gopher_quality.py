@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stage import TEXT, Stage, register_stage
+from curation.stage import Stage, register_stage
 from curation.stages import text_rules as tr
 
 STOP_WORDS_EN = ("the", "be", "to", "of", "and", "that", "have", "with")
@@ -45,13 +45,10 @@ class GopherQuality(Stage):
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         c = self.config
-        rows = tr.rows_to_check(batch, c.languages)
-        if len(rows) == 0:
+        selected = tr.select_rows(batch, c.languages, c.cjk_languages)
+        if selected is None:
             return batch
-        take = pa.array(rows)
-        text = pc.take(batch.column(TEXT), take)
-        langs = pc.take(batch.column("lang"), take) if "lang" in batch.schema.names else None
-        cjk = tr.cjk_mask(langs, len(rows), c.cjk_languages)
+        rows, text, cjk = selected.rows, selected.text, selected.cjk
 
         words = tr.words(text, cjk)
         n_words = words.counts

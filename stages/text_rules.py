@@ -217,6 +217,28 @@ def rows_to_check(batch: pa.RecordBatch, languages: tuple[str, ...] | None) -> n
     return np.flatnonzero(mask)
 
 
+@dataclass
+class Selected:
+    """The rows a rule stage checks, with their text and whether each is CJK."""
+
+    rows: np.ndarray
+    text: pa.Array
+    cjk: np.ndarray
+
+
+def select_rows(batch: pa.RecordBatch, languages: tuple[str, ...] | None,
+                cjk_languages: tuple[str, ...]) -> Selected | None:
+    """The live rows in `languages` (None when there are none), their text and CJK flags."""
+    from curation.stage import TEXT
+
+    rows = rows_to_check(batch, languages)
+    if len(rows) == 0:
+        return None
+    take = pa.array(rows)
+    langs = pc.take(batch.column("lang"), take) if "lang" in batch.schema.names else None
+    return Selected(rows, pc.take(batch.column(TEXT), take), cjk_mask(langs, len(rows), cjk_languages))
+
+
 def first_reason(checks: list[tuple[str, np.ndarray]], n: int) -> np.ndarray:
     """Per row, the name of the first failing check, or None."""
     reasons = np.full(n, None, dtype=object)

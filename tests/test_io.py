@@ -1,7 +1,5 @@
 """Reading shards: canonical columns, derived ids, and bad input named by file and row or line."""
 
-import gzip
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
