@@ -7,12 +7,14 @@ then `a*h + b mod 2^32`), computed for a whole Arrow batch at once with numpy. T
 `shingle_hash32` (each distinct word of a batch hashed once, vectorised over its bytes, then folded); `datasketch.MinHash(
 num_perm, seed, hashfunc=shingle_hash32)` fed the same shingles gives the same signature.
 
-Bands and rows come from datasketch's optimum for `threshold` and `num_perm`. Corpus-wide in three
-steps: workers spill one (band key, shard, row, id) row per band; the aggregate step shuffles them into
-partitions by band key (Ray tasks) and each partition emits an edge from the first document of every
-bucket to each other one; connected components of those edges are clusters; the first document of a
-cluster in corpus order is kept. Memory: a reducer holds one partition; the components step holds the
-edges, which grow with the number of duplicates, not with the corpus.
+Bands and rows come from datasketch's optimum for `threshold` and `num_perm`, weighted towards recall.
+Corpus-wide in steps: workers spill one row per document (its band keys, and its signature when
+`verify`); the aggregate step explodes the band keys and shuffles them into partitions by key (Ray
+tasks); each partition emits an edge from the first document of every bucket to each other one; with
+`verify`, the signatures of the candidate documents only are read back and edges whose estimated
+Jaccard is under `threshold` are cut; connected components of the edges are clusters; the first
+document of a cluster in corpus order is kept. Memory: a reducer holds one partition; the components
+step holds the candidate edges, which grow with the number of duplicates, not with the corpus.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pyarrow.parquet as pq
 from curation.io import AtomicParquetWriter
 from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStage, live_mask, register_stage
 from curation.stages import text_rules as tr
-from curation.stages.dedup_common import DECISION_SCHEMA, AppliesDecisions, partition_keys, read_partition
+from curation.stages.dedup_common import DECISION_SCHEMA, AppliesDecisions, read_partition
 
 FNV_OFFSET = np.uint32(0x811C9DC5)
 FNV_PRIME = np.uint32(0x01000193)
@@ -173,10 +175,28 @@ def band_keys(signature: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def _bucket_edges(args: tuple[str, str, float | None]) -> int:
-    """Shuffle reduce: in one partition, an edge from the first document of each bucket to each other;
-    with `verify`, only where the signatures agree on at least that fraction (estimated Jaccard)."""
-    part_dir, out_path, verify = args
+def _partition_band_keys(args: tuple[str, str, int]) -> int:
+    """Shuffle map (a Ray task): one shard's spilled rows (one per document, its band keys as a list)
+    become one (band_key, node, id) row per band, split into partitions by band key."""
+    keys_path, parts_dir, partitions = args
+    table = pq.read_table(keys_path, columns=["node", "id", "band_keys"])
+    bands = table.column("band_keys").combine_chunks()
+    per_doc = len(bands.values) // max(len(bands), 1)
+    flat = pa.table({"band_key": bands.flatten(),
+                     "node": pa.array(np.repeat(table.column("node").to_numpy(), per_doc)),
+                     "id": pc.take(table.column("id"), pa.array(np.repeat(np.arange(table.num_rows), per_doc)))})
+    part = (flat.column("band_key").to_numpy() % np.uint64(partitions)).astype(np.int32)
+    name = os.path.basename(keys_path)
+    for p in range(partitions):
+        writer = AtomicParquetWriter(os.path.join(parts_dir, f"p{p:04d}", name), schema=flat.schema)
+        writer.write(flat.filter(pa.array(part == p)))
+        writer.commit()
+    return table.num_rows
+
+
+def _bucket_edges(args: tuple[str, str]) -> int:
+    """Shuffle reduce: in one partition, an edge from the first document of each bucket to each other."""
+    part_dir, out_path = args
     table = read_partition(part_dir)
     schema = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("src_id", pa.string()), ("dst_id", pa.string())])
     writer = AtomicParquetWriter(out_path, schema=schema)
@@ -188,17 +208,23 @@ def _bucket_edges(args: tuple[str, str, float | None]) -> int:
         new_bucket = np.concatenate([[True], key[1:] != key[:-1]])
         first = np.maximum.accumulate(np.where(new_bucket, np.arange(len(key)), 0))
         member = ~new_bucket
-        if verify is not None and "signature" in table.column_names:
-            column = table.column("signature").combine_chunks()
-            width = column.type.byte_width // 4
-            sig = np.frombuffer(column.buffers()[1], dtype=np.uint32)[: len(column) * width].reshape(-1, width)
-            estimate = (sig[first] == sig).mean(axis=1)
-            member &= estimate >= verify
         edges = pa.table({"src": node[first[member]], "dst": node[member],
                           "src_id": ids.take(pa.array(first[member])), "dst_id": ids.take(pa.array(np.flatnonzero(member)))})
         writer.write(edges)
     writer.commit()
     return 0
+
+
+def _candidate_signatures(args: tuple[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(nodes, signatures) of the candidate nodes found in one shard's spilled rows (a Ray task)."""
+    keys_path, wanted = args
+    table = pq.read_table(keys_path, columns=["node", "signature"])
+    node = table.column("node").to_numpy()
+    keep = np.isin(node, wanted)
+    column = table.column("signature").combine_chunks().filter(pa.array(keep))
+    width = column.type.byte_width // 4
+    sig = np.frombuffer(column.buffers()[1], dtype=np.uint32)[: len(column) * width].reshape(-1, width)
+    return node[keep], sig.copy()
 
 
 def connected_components(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -270,29 +296,29 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         keys = band_keys(signature[has_words], self.bands, self.rows)
         node = (np.int64(position.shard_index) << ROW_BITS) + position.row_offset + rows[has_words]
         ids = pc.take(batch.column(ID), pa.array(rows[has_words]))
-        repeat = pa.array(np.repeat(np.arange(len(node)), self.bands))
         columns = {
-            "band_key": pa.array(keys.reshape(-1)),
-            "node": pa.array(np.repeat(node, self.bands)),
-            "id": pc.take(ids, repeat),
+            "node": pa.array(node),
+            "id": ids,
+            "band_keys": pa.FixedSizeListArray.from_arrays(pa.array(keys.reshape(-1)), self.bands),
         }
-        if self.config.verify:
+        if self.config.verify:  # one signature per document, read back only for candidate pairs
             width = 4 * self.config.num_perm
-            packed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(node),
-                                                          [None, pa.py_buffer(np.ascontiguousarray(signature[has_words]).tobytes())])
-            columns["signature"] = pc.take(packed, repeat)
+            columns["signature"] = pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(width), len(node), [None, pa.py_buffer(np.ascontiguousarray(signature[has_words]).tobytes())])
         return pa.table(columns)
 
     def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
         parts_dir = os.path.join(ctx.work_dir, "parts")
         edges_dir = os.path.join(ctx.work_dir, "edges")
         n = self.config.partitions
-        ctx.map(partition_keys, [(path, parts_dir, n, "band_key") for path in ctx.keys_paths])
-        verify = self.config.threshold if self.config.verify else None
-        ctx.map(_bucket_edges, [(os.path.join(parts_dir, f"p{p:04d}"), os.path.join(edges_dir, f"p{p:04d}.parquet"),
-                                 verify) for p in range(n)])
+        ctx.map(_partition_band_keys, [(path, parts_dir, n) for path in ctx.keys_paths])
+        ctx.map(_bucket_edges, [(os.path.join(parts_dir, f"p{p:04d}"), os.path.join(edges_dir, f"p{p:04d}.parquet"))
+                                for p in range(n)])
         files = sorted(glob.glob(os.path.join(edges_dir, "*.parquet")))
         edges = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+        candidates = edges.num_rows if edges is not None else 0
+        if edges is not None and edges.num_rows and self.config.verify:
+            edges = self._verify(ctx, edges)
         decisions = pa.table({name: pa.array([], field.type) for name, field in zip(DECISION_SCHEMA.names, DECISION_SCHEMA)})
         sizes = np.zeros(0, np.int64)
         if edges is not None and edges.num_rows:
@@ -313,6 +339,19 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         writer.write(decisions.cast(DECISION_SCHEMA))
         writer.commit()
         histogram = dict(zip(*np.unique(np.minimum(sizes, 10), return_counts=True))) if len(sizes) else {}
-        return {"bands": self.bands, "rows": self.rows, "clusters": int(len(sizes)),
+        return {"bands": self.bands, "rows": self.rows, "candidate_edges": int(candidates),
+                "verified_edges": int(edges.num_rows) if edges is not None else 0, "clusters": int(len(sizes)),
                 "duplicates": int(sizes.sum() - len(sizes)) if len(sizes) else 0,
                 **{f"cluster_size_{int(k)}{'+' if k == 10 else ''}": int(v) for k, v in histogram.items()}}
+
+    def _verify(self, ctx: AggregateContext, edges: pa.Table) -> pa.Table:
+        """Keep the candidate edges whose signatures agree on at least `threshold` of their values."""
+        src, dst = edges.column("src").to_numpy(), edges.column("dst").to_numpy()
+        wanted = np.unique(np.concatenate([src, dst]))
+        found = ctx.map(_candidate_signatures, [(path, wanted) for path in ctx.keys_paths])
+        nodes = np.concatenate([f[0] for f in found])
+        sigs = np.concatenate([f[1] for f in found])
+        order = np.argsort(nodes)
+        nodes, sigs = nodes[order], sigs[order]
+        estimate = (sigs[np.searchsorted(nodes, src)] == sigs[np.searchsorted(nodes, dst)]).mean(axis=1)
+        return edges.filter(pa.array(estimate >= self.config.threshold))
