@@ -176,3 +176,32 @@ def test_paragraph_dedup_removes_later_copies_across_shards(tmp_path, ray_instan
     assert [(r["id"], r["drop_reason"]) for r in rejected] == [("b_short", "paragraph_dedup:too_short")]
     metrics = stats["stages"][0]["metrics"]
     assert metrics["paragraphs_removed"] == removed >= 6
+
+
+def test_killed_dedup_run_resumes_from_its_last_finished_pass(tmp_path, near_copies):
+    """A run that died after the shuffle (keys and aggregate done, final pass not) redoes only the last
+    pass: the key pass and the aggregate are not run again, and the output is identical."""
+    import json
+    import os
+    import shutil
+
+    folder, _, _ = near_copies
+    stages = [{"name": "exact_dedup"}, {"name": "minhash_dedup", "partitions": 4}]
+    raw = {"input": {"path": [str(folder / "*")]}, "output": {"path": str(tmp_path / "out"), "keep_work": True},
+           "executor": {"kind": "local"}, "stages": stages}
+    first = run_pipeline(pipeline_from_dict(raw), RunOptions(progress=False))
+    clean = {p.name: p.read_bytes() for p in (tmp_path / "out" / "kept").glob("*.parquet")}
+    state = tmp_path / "out" / "_state"
+    aggregate_markers = {p: p.stat().st_mtime_ns for p in state.glob("*.aggregate.json")}
+    keys_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "_work").rglob("keys/*.parquet")}
+    assert len(aggregate_markers) == 2 and keys_files
+    # The crash: the last pass had not finished.
+    shutil.rmtree(state / "final")
+    shutil.rmtree(tmp_path / "out" / "kept")
+    os.remove(tmp_path / "out" / "stats.json")
+    second = run_pipeline(pipeline_from_dict(raw), RunOptions(progress=False))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "kept").glob("*.parquet")} == clean
+    assert {p: p.stat().st_mtime_ns for p in state.glob("*.aggregate.json")} == aggregate_markers
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "_work").rglob("keys/*.parquet")} == keys_files
+    assert second["output"] == first["output"]
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["aggregates"] == first["aggregates"]
