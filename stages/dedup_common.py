@@ -38,12 +38,16 @@ def partition_keys(args: tuple[str, str, int, str]) -> int:
     keys_path, parts_dir, partitions, column = args
     table = pq.read_table(keys_path)
     part = partition_of(table.column(column).combine_chunks(), partitions) if table.num_rows else np.zeros(0, np.int32)
-    name = os.path.basename(keys_path)
+    write_partitions(table, part, parts_dir, os.path.basename(keys_path), partitions)
+    return table.num_rows
+
+
+def write_partitions(table: pa.Table, part: np.ndarray, parts_dir: str, name: str, partitions: int) -> None:
+    """Write the rows of each partition to parts_dir/pNNNN/name (an empty file where none fall)."""
     for p in range(partitions):
         writer = AtomicParquetWriter(os.path.join(parts_dir, f"p{p:04d}", name), schema=table.schema)
         writer.write(table.filter(pa.array(part == p)))
         writer.commit()
-    return table.num_rows
 
 
 def read_partition(part_dir: str) -> pa.Table | None:

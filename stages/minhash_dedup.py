@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from curation.io import AtomicParquetWriter
 from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStage, live_mask, register_stage
 from curation.stages import text_rules as tr
-from curation.stages.dedup_common import DECISION_SCHEMA, AppliesDecisions, read_partition
+from curation.stages.dedup_common import DECISION_SCHEMA, AppliesDecisions, read_partition, write_partitions
 
 FNV_OFFSET = np.uint32(0x811C9DC5)
 FNV_PRIME = np.uint32(0x01000193)
@@ -186,11 +186,7 @@ def _partition_band_keys(args: tuple[str, str, int]) -> int:
                      "node": pa.array(np.repeat(table.column("node").to_numpy(), per_doc)),
                      "id": pc.take(table.column("id"), pa.array(np.repeat(np.arange(table.num_rows), per_doc)))})
     part = (flat.column("band_key").to_numpy() % np.uint64(partitions)).astype(np.int32)
-    name = os.path.basename(keys_path)
-    for p in range(partitions):
-        writer = AtomicParquetWriter(os.path.join(parts_dir, f"p{p:04d}", name), schema=flat.schema)
-        writer.write(flat.filter(pa.array(part == p)))
-        writer.commit()
+    write_partitions(flat, part, parts_dir, os.path.basename(keys_path), partitions)
     return table.num_rows
 
 
