@@ -15,8 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stage import TEXT, Stage, register_stage, set_column
+from curation.stage import TEXT, register_stage, set_column
 from curation.stages import text_rules as tr
+from curation.stages.rule_stage import RuleStage
 
 POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
@@ -26,11 +27,11 @@ SENTENCE_END = r"[.!?]+['\"”)]*(\s|$)|[。！？]+[”」』）]*"
 
 
 @register_stage("c4")
-class C4(Stage):
+class C4(RuleStage):
     """C4 line rules (rewrite text) and document rules (lorem ipsum, curly bracket, too few sentences)."""
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
-    class Config:
+    class Config(RuleStage.Config):
         remove_citations: bool = True
         filter_no_terminal_punct: bool = True
         min_words_per_line: int | None = 3
@@ -44,18 +45,13 @@ class C4(Stage):
         # CJK sentences are long (about 48 characters in the MSRA news here): fewer make a page.
         min_sentences_cjk: int | None = 3
         terminal_punctuation: tuple[str, ...] = tr.TERMINAL_PUNCTUATION
-        cjk_languages: tuple[str, ...] = tr.CJK_LANGUAGES
-        languages: tuple[str, ...] | None = None
 
         def __post_init__(self) -> None:
             if self.curly_bracket_scope not in ("page", "kept_lines"):
                 raise ValueError("curly_bracket_scope must be 'page' or 'kept_lines'")
 
-    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def check(self, batch: pa.RecordBatch, selected: tr.Selected) -> pa.RecordBatch:
         c = self.config
-        selected = tr.select_rows(batch, c.languages, c.cjk_languages)
-        if selected is None:
-            return batch
         rows, text, cjk = selected.rows, selected.text, selected.cjk
 
         doc_lines = tr.lines(text)

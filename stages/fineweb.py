@@ -14,16 +14,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stage import Stage, register_stage
+from curation.stage import register_stage
 from curation.stages import text_rules as tr
+from curation.stages.rule_stage import RuleStage
 
 
 @register_stage("fineweb")
-class FineWeb(Stage):
+class FineWeb(RuleStage):
     """FineWeb rules: line punctuation ratio, short-line ratio, duplicate-line characters, list-like newlines."""
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
-    class Config:
+    class Config(RuleStage.Config):
         line_punct_thr: float | None = 0.12
         line_punct_exclude_zero: bool = False
         short_line_thr: float | None = 0.67
@@ -32,14 +33,9 @@ class FineWeb(Stage):
         char_duplicates_ratio: float | None = 0.01
         new_line_ratio: float | None = 0.3
         terminal_punctuation: tuple[str, ...] = tr.TERMINAL_PUNCTUATION
-        cjk_languages: tuple[str, ...] = tr.CJK_LANGUAGES
-        languages: tuple[str, ...] | None = None
 
-    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def check(self, batch: pa.RecordBatch, selected: tr.Selected) -> pa.RecordBatch:
         c = self.config
-        selected = tr.select_rows(batch, c.languages, c.cjk_languages)
-        if selected is None:
-            return batch
         rows, text, cjk = selected.rows, selected.text, selected.cjk
         n_chars = np.maximum(pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64), 1)
 

@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stage import Stage, register_stage
+from curation.stage import register_stage
 from curation.stages import text_rules as tr
+from curation.stages.rule_stage import RuleStage
 
 STOP_WORDS_EN = ("the", "be", "to", "of", "and", "that", "have", "with")
 # The most frequent function characters of Chinese and Japanese text.
@@ -24,11 +25,11 @@ BULLETS = ("●", "•", "*", "-", "–", "‣", "◦", "▪", "·")
 
 
 @register_stage("gopher_quality")
-class GopherQuality(Stage):
+class GopherQuality(RuleStage):
     """Gopher quality rules: word count and length, symbols, bullets, ellipses, alphabetic words, stop words."""
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
-    class Config:
+    class Config(RuleStage.Config):
         min_doc_words: int | None = 50
         max_doc_words: int | None = 100_000
         min_avg_word_length: float | None = 3
@@ -40,14 +41,9 @@ class GopherQuality(Stage):
         min_stop_words: int | None = 2
         stop_words: tuple[str, ...] = STOP_WORDS_EN
         stop_words_cjk: tuple[str, ...] = STOP_WORDS_CJK
-        cjk_languages: tuple[str, ...] = tr.CJK_LANGUAGES
-        languages: tuple[str, ...] | None = None  # only rows whose `lang` is listed (default: all)
 
-    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def check(self, batch: pa.RecordBatch, selected: tr.Selected) -> pa.RecordBatch:
         c = self.config
-        selected = tr.select_rows(batch, c.languages, c.cjk_languages)
-        if selected is None:
-            return batch
         rows, text, cjk = selected.rows, selected.text, selected.cjk
 
         words = tr.words(text, cjk)

@@ -14,36 +14,32 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.stage import Stage, register_stage
+from curation.stage import register_stage
 from curation.stages import text_rules as tr
+from curation.stages.rule_stage import RuleStage
 
 
 @register_stage("gopher_repetition")
-class GopherRepetition(Stage):
+class GopherRepetition(RuleStage):
     """Gopher repetition rules: duplicate lines/paragraphs, top n-grams, duplicated n-grams."""
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
-    class Config:
+    class Config(RuleStage.Config):
         dup_line_frac: float | None = 0.3
         dup_para_frac: float | None = 0.3
         dup_line_char_frac: float | None = 0.2
         dup_para_char_frac: float | None = 0.2
         top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.2), (3, 0.18), (4, 0.16))
         dup_n_grams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
-        cjk_languages: tuple[str, ...] = tr.CJK_LANGUAGES
         cjk_chars_per_word: int = 2
-        languages: tuple[str, ...] | None = None
 
         def __post_init__(self) -> None:
             # YAML gives lists; keep the config hashable and comparable.
             object.__setattr__(self, "top_n_grams", tuple(tuple(x) for x in self.top_n_grams))
             object.__setattr__(self, "dup_n_grams", tuple(tuple(x) for x in self.dup_n_grams))
 
-    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def check(self, batch: pa.RecordBatch, selected: tr.Selected) -> pa.RecordBatch:
         c = self.config
-        selected = tr.select_rows(batch, c.languages, c.cjk_languages)
-        if selected is None:
-            return batch
         rows, text, cjk = selected.rows, selected.text, selected.cjk
         n_chars = np.maximum(pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64), 1)
         never = np.zeros(len(rows), dtype=bool)
