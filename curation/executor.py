@@ -305,8 +305,10 @@ def _run_aggregate(backend, segment: Segment, shards: list[Shard], layout: Layou
     if marker.exists():
         return
     good = [s for s in shards if s.index not in bad]
-    keys_paths = [str(layout.keys(key, s)) for s in good if layout.keys(key, s).exists()]
-    ctx = AggregateContext(str(layout.global_dir(key)), [s.name for s in good], keys_paths, backend.map)
+    with_keys = [s for s in good if layout.keys(key, s).exists()]
+    ctx = AggregateContext(str(layout.global_dir(key)), [s.name for s in good],
+                           [str(layout.keys(key, s)) for s in with_keys], backend.map,
+                           keys_shards=[s.index for s in with_keys])
     started = time.perf_counter()
     result = stage.aggregate(ctx)
     write_json_atomic(marker, {"result": result, "wall_s": time.perf_counter() - started})

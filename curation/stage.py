@@ -122,10 +122,13 @@ class AggregateContext:
         shard_names: list[str],
         keys_paths: list[str],
         map_fn: Callable[[Callable[..., Any], Iterable[Any]], list[Any]],
+        keys_shards: list[int] | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.shard_names = shard_names
         self.keys_paths = keys_paths
+        # the shard index (corpus order) of each keys file, as BatchPosition.shard_index gave it
+        self.keys_shards = keys_shards if keys_shards is not None else list(range(len(keys_paths)))
         self._map = map_fn
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:

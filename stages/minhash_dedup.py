@@ -10,11 +10,15 @@ num_perm, seed, hashfunc=shingle_hash32)` fed the same shingles gives the same s
 Bands and rows come from datasketch's optimum for `threshold` and `num_perm`, weighted towards recall.
 Corpus-wide in steps: workers spill one row per document (its band keys, and its signature when
 `verify`); the aggregate step explodes the band keys and shuffles them into partitions by key (Ray
-tasks); each partition emits an edge from the first document of every bucket to each other one; with
-`verify`, the signatures of the candidate documents only are read back and edges whose estimated
-Jaccard is under `threshold` are cut; connected components of the edges are clusters; the first
-document of a cluster in corpus order is kept. Memory: a reducer holds one partition; the components
-step holds the candidate edges, which grow with the number of duplicates, not with the corpus.
+tasks); each partition emits an edge from the first document of every bucket to each other one, split
+by the shard of its second end; with `verify`, two joins per shard (Ray tasks) bring both signatures of
+an edge together and edges whose estimated Jaccard is under `threshold` are cut; connected components
+of the edges are clusters; the first document of a cluster in corpus order is kept.
+
+Memory: a map task holds one shard's spilled rows, a reducer one partition, a join task one shard's
+signatures and the edges of one pair of shards. The driver holds the verified edges as two int64
+arrays (16 bytes per edge, at most one edge per duplicate and band, usually about one per duplicate):
+it grows with the number of duplicates, not with the corpus.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -175,52 +180,135 @@ def band_keys(signature: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
+EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
+
+
+def _shard_dir(folder: str, prefix: str, shard: int) -> str:
+    return os.path.join(folder, f"{prefix}-{shard:06d}")
+
+
+def _unique_edges(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((dst, src))
+    src, dst = src[order], dst[order]
+    keep = np.concatenate([[True], (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])]) if len(src) else np.zeros(0, bool)
+    return src[keep], dst[keep]
+
+
+def _runs(sorted_values: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of equal values in a sorted array."""
+    if len(sorted_values) == 0:
+        return []
+    bounds = np.flatnonzero(np.concatenate([[True], sorted_values[1:] != sorted_values[:-1], [True]]))
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+
+def _read_edges(files: list[str], columns: list[str] | None = None) -> pa.Table:
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) if files else EDGE_SCHEMA.empty_table()
+
+
+def _signatures_of(keys_path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(nodes sorted, signatures in that order) of one shard's spilled rows."""
+    table = pq.read_table(keys_path, columns=["node", "signature"])
+    node = table.column("node").to_numpy()
+    column = table.column("signature").combine_chunks()
+    width = column.type.byte_width // 4
+    sig = np.frombuffer(column.buffers()[1], dtype=np.uint32)[: len(column) * width].reshape(-1, width)
+    order = np.argsort(node, kind="stable")
+    return node[order], sig[order]
+
+
 def _partition_band_keys(args: tuple[str, str, int]) -> int:
     """Shuffle map (a Ray task): one shard's spilled rows (one per document, its band keys as a list)
-    become one (band_key, node, id) row per band, split into partitions by band key."""
+    become one (band_key, node) row per band, split into partitions by band key."""
     keys_path, parts_dir, partitions = args
-    table = pq.read_table(keys_path, columns=["node", "id", "band_keys"])
+    table = pq.read_table(keys_path, columns=["node", "band_keys"])
     bands = table.column("band_keys").combine_chunks()
     per_doc = len(bands.values) // max(len(bands), 1)
-    flat = pa.table({"band_key": bands.flatten(),
-                     "node": pa.array(np.repeat(table.column("node").to_numpy(), per_doc)),
-                     "id": pc.take(table.column("id"), pa.array(np.repeat(np.arange(table.num_rows), per_doc)))})
+    flat = pa.table({"band_key": bands.flatten(), "node": pa.array(np.repeat(table.column("node").to_numpy(), per_doc))})
     part = (flat.column("band_key").to_numpy() % np.uint64(partitions)).astype(np.int32)
     write_partitions(flat, part, parts_dir, os.path.basename(keys_path), partitions)
     return table.num_rows
 
 
-def _bucket_edges(args: tuple[str, str]) -> int:
-    """Shuffle reduce: in one partition, an edge from the first document of each bucket to each other."""
-    part_dir, out_path = args
+def _bucket_edges(args: tuple[str, str, int]) -> int:
+    """Shuffle reduce: in one partition, an edge from the first document of each bucket to each other
+    one (src < dst), written split by the shard of `dst` so the next step reads one shard's edges."""
+    part_dir, edges_dir, partition = args
     table = read_partition(part_dir)
-    schema = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("src_id", pa.string()), ("dst_id", pa.string())])
-    writer = AtomicParquetWriter(out_path, schema=schema)
-    if table is not None and table.num_rows:
-        table = table.sort_by([("band_key", "ascending"), ("node", "ascending")])
-        key = table.column("band_key").to_numpy()
-        node = table.column("node").to_numpy()
-        ids = table.column("id").combine_chunks()
-        new_bucket = np.concatenate([[True], key[1:] != key[:-1]])
-        first = np.maximum.accumulate(np.where(new_bucket, np.arange(len(key)), 0))
-        member = ~new_bucket
-        edges = pa.table({"src": node[first[member]], "dst": node[member],
-                          "src_id": ids.take(pa.array(first[member])), "dst_id": ids.take(pa.array(np.flatnonzero(member)))})
-        writer.write(edges)
-    writer.commit()
-    return 0
+    if table is None or not table.num_rows:
+        return 0
+    table = table.sort_by([("band_key", "ascending"), ("node", "ascending")])
+    key = table.column("band_key").to_numpy()
+    node = table.column("node").to_numpy()
+    new_bucket = np.concatenate([[True], key[1:] != key[:-1]])
+    first = np.maximum.accumulate(np.where(new_bucket, np.arange(len(key)), 0))
+    member = ~new_bucket
+    src, dst = _unique_edges(node[first[member]], node[member])
+    shard = dst >> ROW_BITS
+    order = np.argsort(shard, kind="stable")
+    src, dst, shard = src[order], dst[order], shard[order]
+    for lo, hi in _runs(shard):
+        writer = AtomicParquetWriter(os.path.join(_shard_dir(edges_dir, "dst", int(shard[lo])), f"p{partition:04d}.parquet"),
+                                     schema=EDGE_SCHEMA)
+        writer.write(pa.table({"src": src[lo:hi], "dst": dst[lo:hi]}))
+        writer.commit()
+    return len(src)
 
 
-def _candidate_signatures(args: tuple[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(nodes, signatures) of the candidate nodes found in one shard's spilled rows (a Ray task)."""
+def _attach_dst_signatures(args: tuple[int, str, str, str]) -> int:
+    """Verification, first half (a Ray task per shard): the edges ending in this shard get the
+    signature of their `dst`, and are written split by the shard of their `src`. Holds one shard."""
+    shard, keys_path, edges_dir, joined_dir = args
+    files = sorted(glob.glob(os.path.join(_shard_dir(edges_dir, "dst", shard), "*.parquet")))
+    if not files:
+        return 0
+    edges = _read_edges(files)
+    src, dst = _unique_edges(edges.column("src").to_numpy(), edges.column("dst").to_numpy())
+    nodes, sig = _signatures_of(keys_path)
+    dst_sig = sig[np.searchsorted(nodes, dst)]
+    src_shard = src >> ROW_BITS
+    order = np.argsort(src_shard, kind="stable")
+    src, dst, dst_sig, src_shard = src[order], dst[order], dst_sig[order], src_shard[order]
+    width = 4 * sig.shape[1]
+    for lo, hi in _runs(src_shard):
+        block = np.ascontiguousarray(dst_sig[lo:hi])
+        writer = AtomicParquetWriter(
+            os.path.join(_shard_dir(joined_dir, "src", int(src_shard[lo])), f"dst-{shard:06d}.parquet"))
+        writer.write(pa.table({"src": src[lo:hi], "dst": dst[lo:hi], "dst_signature": pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(width), hi - lo, [None, pa.py_buffer(block.tobytes())])}))
+        writer.commit()
+    return len(src)
+
+
+def _verify_src(args: tuple[int, str, str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Verification, second half (a Ray task per shard): compare the signature of each edge's `src`
+    (in this shard) with the attached `dst` one; keep the edges whose estimated Jaccard reaches the
+    threshold. Reads one (src shard, dst shard) file at a time."""
+    shard, keys_path, joined_dir, threshold = args
+    files = sorted(glob.glob(os.path.join(_shard_dir(joined_dir, "src", shard), "*.parquet")))
+    if not files:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    nodes, sig = _signatures_of(keys_path)
+    kept_src, kept_dst = [], []
+    for path in files:
+        table = pq.read_table(path)
+        src, dst = table.column("src").to_numpy(), table.column("dst").to_numpy()
+        column = table.column("dst_signature").combine_chunks()
+        other = np.frombuffer(column.buffers()[1], dtype=np.uint32)[: len(column) * sig.shape[1]].reshape(-1, sig.shape[1])
+        estimate = (sig[np.searchsorted(nodes, src)] == other).mean(axis=1)
+        keep = estimate >= threshold
+        kept_src.append(src[keep])
+        kept_dst.append(dst[keep])
+    return np.concatenate(kept_src), np.concatenate(kept_dst)
+
+
+def _ids_of(args: tuple[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
+    """(nodes, ids) of the wanted nodes found in one shard's spilled rows (a Ray task)."""
     keys_path, wanted = args
-    table = pq.read_table(keys_path, columns=["node", "signature"])
+    table = pq.read_table(keys_path, columns=["node", "id"])
     node = table.column("node").to_numpy()
     keep = np.isin(node, wanted)
-    column = table.column("signature").combine_chunks().filter(pa.array(keep))
-    width = column.type.byte_width // 4
-    sig = np.frombuffer(column.buffers()[1], dtype=np.uint32)[: len(column) * width].reshape(-1, width)
-    return node[keep], sig.copy()
+    return node[keep], table.column("id").filter(pa.array(keep)).to_pylist()
 
 
 def connected_components(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -304,50 +392,56 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         return pa.table(columns)
 
     def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
-        parts_dir = os.path.join(ctx.work_dir, "parts")
-        edges_dir = os.path.join(ctx.work_dir, "edges")
+        for folder in ("parts", "edges", "joined", "decisions"):  # a rerun after a kill starts this step afresh
+            shutil.rmtree(os.path.join(ctx.work_dir, folder), ignore_errors=True)
+        parts_dir, edges_dir, joined_dir = (os.path.join(ctx.work_dir, f) for f in ("parts", "edges", "joined"))
         n = self.config.partitions
         ctx.map(_partition_band_keys, [(path, parts_dir, n) for path in ctx.keys_paths])
-        ctx.map(_bucket_edges, [(os.path.join(parts_dir, f"p{p:04d}"), os.path.join(edges_dir, f"p{p:04d}.parquet"))
-                                for p in range(n)])
-        files = sorted(glob.glob(os.path.join(edges_dir, "*.parquet")))
-        edges = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
-        candidates = edges.num_rows if edges is not None else 0
-        if edges is not None and edges.num_rows and self.config.verify:
-            edges = self._verify(ctx, edges)
-        decisions = pa.table({name: pa.array([], field.type) for name, field in zip(DECISION_SCHEMA.names, DECISION_SCHEMA)})
+        candidates = sum(ctx.map(_bucket_edges, [(os.path.join(parts_dir, f"p{p:04d}"), edges_dir, p) for p in range(n)]))
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        shards = list(zip(ctx.keys_shards, ctx.keys_paths))
+        if self.config.verify:
+            ctx.map(_attach_dst_signatures, [(s, path, edges_dir, joined_dir) for s, path in shards])
+            found = ctx.map(_verify_src, [(s, path, joined_dir, self.config.threshold) for s, path in shards])
+            src = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
+            dst = np.concatenate([f[1] for f in found]) if found else np.zeros(0, np.int64)
+        else:
+            edges = _read_edges(sorted(glob.glob(os.path.join(edges_dir, "*", "*.parquet"))))
+            src, dst = _unique_edges(edges.column("src").to_numpy(), edges.column("dst").to_numpy())
+            del edges
+        verified = len(src)
         sizes = np.zeros(0, np.int64)
-        if edges is not None and edges.num_rows:
-            src, dst = edges.column("src").to_numpy(), edges.column("dst").to_numpy()
+        decisions_dir = os.path.join(ctx.work_dir, "decisions")
+        if len(src):
             nodes, root = connected_components(src, dst)
-            id_of = dict(zip(np.concatenate([src, dst]).tolist(),
-                             edges.column("src_id").to_pylist() + edges.column("dst_id").to_pylist()))
-            root_ids = [id_of[r] for r in root.tolist()]
+            del src, dst
+            roots, sizes = np.unique(root, return_counts=True)
+            root_ids = self._root_ids(ctx, roots)
+            duplicate_of = pc.take(root_ids, pa.array(np.searchsorted(roots, root)))
             is_root = nodes == root
-            decisions = pa.table({
-                "shard": pa.array((nodes >> ROW_BITS).astype(np.int32)),
-                "row": pa.array(nodes & ((1 << ROW_BITS) - 1)),
-                "duplicate_of": pa.array([None if k else r for k, r in zip(is_root.tolist(), root_ids)], pa.string()),
-                "dup_cluster": pa.array([f"mh-{r:x}" for r in root.tolist()], pa.string()),
-            }).sort_by([("shard", "ascending"), ("row", "ascending")])
-            _, sizes = np.unique(root, return_counts=True)
-        writer = AtomicParquetWriter(os.path.join(ctx.work_dir, "decisions", "all.parquet"), schema=DECISION_SCHEMA)
-        writer.write(decisions.cast(DECISION_SCHEMA))
-        writer.commit()
+            duplicate_of = pc.if_else(pa.array(is_root), pa.scalar(None, pa.string()), duplicate_of)
+            cluster = pc.binary_join_element_wise("mh-", pa.array(np.char.mod("%x", root)), "")
+            shard = (nodes >> ROW_BITS).astype(np.int32)
+            table = pa.table({"shard": shard, "row": nodes & ((1 << ROW_BITS) - 1),
+                              "duplicate_of": duplicate_of, "dup_cluster": cluster}).cast(DECISION_SCHEMA)
+            for lo, hi in _runs(shard):  # nodes are sorted, so shards are runs
+                writer = AtomicParquetWriter(os.path.join(decisions_dir, f"s{shard[lo]:06d}.parquet"), schema=DECISION_SCHEMA)
+                writer.write(table.slice(lo, hi - lo))
+                writer.commit()
+        os.makedirs(decisions_dir, exist_ok=True)
+        shutil.rmtree(joined_dir, ignore_errors=True)
         histogram = dict(zip(*np.unique(np.minimum(sizes, 10), return_counts=True))) if len(sizes) else {}
         return {"bands": self.bands, "rows": self.rows, "candidate_edges": int(candidates),
-                "verified_edges": int(edges.num_rows) if edges is not None else 0, "clusters": int(len(sizes)),
+                "verified_edges": int(verified), "clusters": int(len(sizes)),
                 "duplicates": int(sizes.sum() - len(sizes)) if len(sizes) else 0,
                 **{f"cluster_size_{int(k)}{'+' if k == 10 else ''}": int(v) for k, v in histogram.items()}}
 
-    def _verify(self, ctx: AggregateContext, edges: pa.Table) -> pa.Table:
-        """Keep the candidate edges whose signatures agree on at least `threshold` of their values."""
-        src, dst = edges.column("src").to_numpy(), edges.column("dst").to_numpy()
-        wanted = np.unique(np.concatenate([src, dst]))
-        found = ctx.map(_candidate_signatures, [(path, wanted) for path in ctx.keys_paths])
+    def _root_ids(self, ctx: AggregateContext, roots: np.ndarray) -> pa.Array:
+        """The document id of every root node (sorted), looked up in the spilled rows of its shard."""
+        root_shard = roots >> ROW_BITS
+        work = [(path, roots[root_shard == s]) for s, path in zip(ctx.keys_shards, ctx.keys_paths)
+                if (root_shard == s).any()]
+        found = ctx.map(_ids_of, work)
         nodes = np.concatenate([f[0] for f in found])
-        sigs = np.concatenate([f[1] for f in found])
-        order = np.argsort(nodes)
-        nodes, sigs = nodes[order], sigs[order]
-        estimate = (sigs[np.searchsorted(nodes, src)] == sigs[np.searchsorted(nodes, dst)]).mean(axis=1)
-        return edges.filter(pa.array(estimate >= self.config.threshold))
+        ids = pa.array([i for f in found for i in f[1]], pa.string())
+        return pc.take(ids, pa.array(np.argsort(nodes, kind="stable")))
