@@ -1,0 +1,189 @@
+"""Near-dedup at scale: `minhash_dedup` on a corpus of several GB built from ../shared/data with
+perturbed copies, on the embedded Ray instance, watching the resident memory of every process.
+
+The corpus: the shared documents (short sentences and reviews grouped into documents of about 2 KB
+per source and language), each copied until the corpus reaches the size asked for; a copy is exact,
+has word-level edits (1-30% of its length: insertions, deletions, substitutions at random places), or
+sits inside a boilerplate wrapper; all copies are shuffled across the shards, so a document's copies
+land in many shards far apart. Cached under .cache/bench.
+
+    .venv/bin/python bench/bench_dedup_scale.py [--gb 5] [--shards 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import multiprocessing
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).parent))
+from corpus import CACHE, DATA, REPO  # noqa: E402
+
+from curation.config import pipeline_from_dict  # noqa: E402
+from curation.executor import RunOptions, run_pipeline  # noqa: E402
+
+GROUP_BYTES = 2000
+EDIT_RATES = (0.0, 0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.3)
+FILLER = "the of and to in a is that for it as was with be by on not this are or from at which 的 了 是".split()
+WRAPPER = ("Home | News | Sport | Weather | Contact us | Subscribe to our newsletter | Privacy policy | "
+           "Cookie settings | All rights reserved") * 3
+
+
+def base_documents() -> list[tuple[str, str]]:
+    """(text, lang) of the shared documents, short ones grouped (per source and language) into ~2 KB.
+    The language travels with the copies: Chinese and Japanese are shingled by characters."""
+    docs, pending = [], defaultdict(list)
+    for path in sorted(DATA.glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                text, lang = row["text"], row.get("lang") or "und"
+                if not text:
+                    continue
+                if len(text.encode()) >= 500:
+                    docs.append((text, lang))
+                    continue
+                key = (path.name, lang)
+                pending[key].append(text)
+                if sum(len(t.encode()) for t in pending[key]) >= GROUP_BYTES:
+                    docs.append(("\n".join(pending.pop(key)), lang))
+    docs.extend(("\n".join(v), key[1]) for key, v in pending.items())
+    return docs
+
+
+def perturb(text: str, rate: float, rng: random.Random) -> str:
+    """Word-level edits at about `rate` of the words, by string slicing at random spaces (fast)."""
+    edits = int(len(text) / 6 * rate)
+    if edits == 0:
+        return text
+    cuts = sorted(rng.randrange(len(text)) for _ in range(edits))
+    pieces, last = [], 0
+    for cut in cuts:
+        pieces.append(text[last:cut])
+        kind = rng.random()
+        if kind < 1 / 3:  # deletion of a few characters
+            last = min(len(text), cut + rng.randrange(2, 8))
+        else:  # insertion or substitution of a filler word
+            pieces.append(" " + rng.choice(FILLER) + " ")
+            last = cut + (rng.randrange(2, 8) if kind < 2 / 3 else 0)
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
+def _write_shard(args: tuple[Path, list[str], np.ndarray, np.ndarray, int]) -> int:
+    path, docs, source, copy, seed = args
+    rng = random.Random(seed)
+    ids, texts, langs = [], [], []
+    for s, c in zip(source.tolist(), copy.tolist()):
+        kind = c % (len(EDIT_RATES) + 1)
+        text, lang = docs[s]
+        if c == 0:
+            pass  # the original
+        elif kind == len(EDIT_RATES):
+            text = WRAPPER + "\n" + text + "\n" + WRAPPER
+        else:
+            text = perturb(text, EDIT_RATES[kind], rng)
+        ids.append(f"d{s}~c{c}")
+        texts.append(text)
+        langs.append(lang)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(pa.table({"id": ids, "text": texts, "lang": langs}), tmp, compression="zstd", row_group_size=20000)
+    os.replace(tmp, path)
+    return sum(len(t.encode()) for t in texts)
+
+
+def build(gb: float, shards: int) -> list[Path]:
+    folder = CACHE / f"dedup_scale_{gb:g}gb_{shards}"
+    files = [folder / f"part{i:04d}.parquet" for i in range(shards)]
+    if all(f.exists() for f in files):
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = base_documents()
+    size = sum(len(text.encode()) for text, _ in docs)
+    copies = int(np.ceil(gb * 1e9 / size))
+    source = np.repeat(np.arange(len(docs)), copies)
+    copy = np.tile(np.arange(copies), len(docs))
+    order = np.random.default_rng(7).permutation(len(source))
+    chunks = np.array_split(order, shards)
+    work = [(files[i], docs, source[c], copy[c], i) for i, c in enumerate(chunks)]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        total = sum(pool.imap_unordered(_write_shard, work))
+    print(f"built {len(source)} documents, {total / 1e9:.2f} GB of text in {shards} shards", flush=True)
+    return files
+
+
+class MemoryWatch(threading.Thread):
+    """Samples the resident memory of every process on the machine; keeps each one's peak."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.peaks, self.running = interval, {}, True
+
+    def run(self) -> None:
+        me = os.getpid()
+        while self.running:
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry.name}/statm") as handle:
+                        rss = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                    with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                        name = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+                except (OSError, IndexError, ValueError):
+                    continue  # the process ended meanwhile
+                key = (int(entry.name), "driver" if int(entry.name) == me else name)
+                self.peaks[key] = max(self.peaks.get(key, 0), rss)
+            time.sleep(self.interval)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gb", type=float, default=5)
+    parser.add_argument("--shards", type=int, default=40)
+    args = parser.parse_args()
+    files = build(args.gb, args.shards)
+    watch = MemoryWatch()
+    watch.start()
+    with tempfile.TemporaryDirectory(dir=REPO / ".cache") as tmp:
+        raw = {"input": {"path": [str(f) for f in files]}, "output": {"path": str(Path(tmp) / "out")},
+               "executor": {"kind": "ray", "num_cpus": 2}, "stages": [{"name": "minhash_dedup"}]}
+        started = time.perf_counter()
+        stats = run_pipeline(pipeline_from_dict(raw), RunOptions(progress=True))
+        wall = time.perf_counter() - started
+    watch.running = False
+    watch.join()
+    peaks = sorted(watch.peaks.items(), key=lambda kv: -kv[1])
+    text_mb = stats["input"]["bytes"] / 1e6
+    report = {
+        "docs": stats["input"]["docs"],
+        "input_text_gb": round(text_mb / 1e3, 2),
+        "shards": len(files),
+        "cores": os.cpu_count(),
+        "wall_s": round(wall, 1),
+        "mb_s": round(text_mb / wall, 2),
+        "aggregate": stats["aggregates"],
+        "kept_docs": stats["output"]["kept_docs"],
+        "rejected_docs": stats["output"]["rejected_docs"],
+        "peak_rss_mb_largest_processes": [{"process": name, "rss_mb": round(rss / 2**20)} for (_, name), rss in peaks[:8]],
+        "every_process_below_3gb": all(rss < 3 * 2**30 for rss in watch.peaks.values()),
+    }
+    print(json.dumps(report, indent=2))
+    (REPO / "bench" / "results" / "dedup_scale.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
