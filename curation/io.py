@@ -113,14 +113,30 @@ def _diagnose_jsonl(path: str, arrow_message: str) -> str:
     return f"{path}: {arrow_message}"
 
 
+MAX_JSONL_BLOCK = 1 << 30  # a single JSON line up to 1 GiB
+
+
 def _read_jsonl(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
-    read_options = pa_json.ReadOptions(block_size=config.block_bytes)
-    try:
-        reader = pa_json.open_json(shard.path, read_options=read_options)
-        for batch in reader:
-            yield batch
-    except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise InputError(_diagnose_jsonl(shard.path, str(exc))) from None
+    """Stream a JSONL shard. A line longer than the block (one huge document) makes Arrow's reader
+    stop; the file is then reopened with a block large enough and the rows already given skipped."""
+    block, given = config.block_bytes, 0
+    while True:
+        try:
+            reader = pa_json.open_json(shard.path, read_options=pa_json.ReadOptions(block_size=block))
+            seen = 0
+            for batch in reader:
+                if seen + batch.num_rows > given:
+                    yield batch.slice(max(0, given - seen))
+                    given = seen + batch.num_rows
+                seen += batch.num_rows
+            return
+        except pa.ArrowInvalid as exc:
+            if "straddl" in str(exc) and block < MAX_JSONL_BLOCK:
+                block = min(block * 4, MAX_JSONL_BLOCK)
+                continue
+            raise InputError(_diagnose_jsonl(shard.path, str(exc))) from None
+        except (UnicodeDecodeError, OSError, EOFError) as exc:
+            raise InputError(_diagnose_jsonl(shard.path, str(exc))) from None
 
 
 def _read_parquet(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:

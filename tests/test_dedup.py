@@ -128,11 +128,15 @@ def test_clusters_agree_with_datasketch_lsh(near_copies):
     assert ours == theirs
 
 
-@pytest.mark.parametrize("case", ["empty_and_one_word", "all_identical"])
+@pytest.mark.parametrize("case", ["empty_and_one_word", "all_identical", "one_50mb_document"])
 def test_odd_corpora(tmp_path, case):
     folder = tmp_path / "in"
     folder.mkdir()
-    if case == "empty_and_one_word":
+    if case == "one_50mb_document":  # real prose repeated to 50 MB, beside two ordinary documents
+        prose = "\n\n".join(r["text"] for r in read_jsonl("en_wikitext2_valid_test.jsonl.gz"))
+        huge = (prose * (50_000_000 // len(prose) + 1))[:50_000_000]
+        rows = [{"id": "huge", "text": huge}, {"id": "a", "text": prose[:5000]}, {"id": "b", "text": prose[:5000]}]
+    elif case == "empty_and_one_word":
         rows = [{"id": str(i), "text": t} for i, t in enumerate([" ", "word", "word", "other", "\n\n"])]
     else:
         rows = [{"id": str(i), "text": "the very same document text, again and again"} for i in range(50)]
@@ -141,6 +145,8 @@ def test_odd_corpora(tmp_path, case):
     assert stats["output"]["kept_docs"] + stats["output"]["rejected_docs"] == len(rows)
     if case == "all_identical":
         assert stats["output"]["kept_docs"] == 1 and stats["aggregates"]["00_minhash_dedup"]["clusters"] == 1
+    elif case == "one_50mb_document":  # the huge one is in no cluster; "b" is a copy of "a"
+        assert stats["output"]["kept_docs"] == 2 and stats["aggregates"]["00_minhash_dedup"]["clusters"] == 1
     else:
         assert stats["output"]["rejected_docs"] == 1  # the second "word"
 

@@ -24,6 +24,15 @@ def test_jsonl_gz_and_parquet_read_the_same(tmp_path, data_dir):
     assert a.column("id").to_pylist() == b.column("id").to_pylist()
 
 
+def test_a_line_longer_than_the_jsonl_block_is_read_once(tmp_path):
+    rows = read_jsonl("en_gum_docs.jsonl.gz", 40)
+    huge = {"id": "huge", "text": "\n".join(r["text"] for r in rows) * 8}  # about 1.5 MB on one line
+    rows = rows[:30] + [huge] + rows[30:]
+    table = read_all(write_jsonl(tmp_path / "x.jsonl", rows), block_bytes=64 << 10)
+    assert table.column("id").to_pylist() == [r["id"] for r in rows]
+    assert table.column("text").to_pylist()[30] == huge["text"]
+
+
 def test_ids_are_derived_when_missing(tmp_path):
     rows = [{"content": t} for t in ["one doc", "two doc", "three doc"]]
     table = read_all(write_jsonl(tmp_path / "noid.jsonl", rows), text_column="content", id_column=None)
