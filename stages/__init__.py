@@ -14,4 +14,5 @@ from curation.stages import (  # noqa: F401  (registration)
     minhash_dedup,
     noop,
     paragraph_dedup,
+    quality,
 )

@@ -16,10 +16,12 @@ MENU = ["Home", "About us", "Products", "Services", "Contact", "Blog", "News", "
         "FAQ", "Support", "Careers", "Press", "Sitemap", "Search", "Shop", "Deals", "Help", "Account"]
 
 
-def junk_documents(seed: int = 0, per_kind: int = 40) -> dict[str, list[str]]:
+def junk_documents(seed: int = 0, per_kind: int = 40, prose: list[str] | None = None) -> dict[str, list[str]]:
+    """Junk of each kind; words and sentences come from `prose` (default: WikiText and GUM)."""
     rng = random.Random(seed)
-    prose = [r["text"] for r in read_jsonl("en_wikitext2_valid_test.jsonl.gz")] + \
-            [r["text"] for r in read_jsonl("en_gum_docs.jsonl.gz")]
+    if prose is None:
+        prose = [r["text"] for r in read_jsonl("en_wikitext2_valid_test.jsonl.gz")] + \
+                [r["text"] for r in read_jsonl("en_gum_docs.jsonl.gz")]
     words = [w for text in prose[:40] for w in text.split() if w.isalpha()]
     sentences = [s.strip() + "." for text in prose for s in text.split(". ") if 40 < len(s) < 200]
     code = [r["text"] for r in read_jsonl("code_humanevalx_linux.jsonl.gz") if len(r["text"]) > 400]
@@ -37,3 +39,18 @@ def junk_documents(seed: int = 0, per_kind: int = 40) -> dict[str, list[str]]:
         kinds["all_caps"].append(" ".join(rng.sample(sentences, 6)).upper() + " BUY NOW!!! LIMITED OFFER!!!")
         kinds["cookie_banner"].append(COOKIE + "\n" + "\n".join(rng.sample(MENU, 8)))
     return kinds
+
+
+def word_salad(seed: int = 0, count: int = 40, prose: list[str] | None = None) -> list[str]:
+    """Real English words in random order, dressed as sentences (spun / generated spam)."""
+    rng = random.Random(seed)
+    prose = prose if prose is not None else [r["text"] for r in read_jsonl("en_gum_docs.jsonl.gz")]
+    words = [w for text in prose for w in text.split() if w.isalpha()]
+    docs = []
+    for _ in range(count):
+        sentences = []
+        for _ in range(rng.randint(5, 12)):
+            picked = [rng.choice(words).lower() for _ in range(rng.randint(8, 20))]
+            sentences.append(" ".join(picked).capitalize() + ".")
+        docs.append(" ".join(sentences))
+    return docs

@@ -1,0 +1,242 @@
+"""Quality models: `curation train-lm` trains them, the `quality` and `quality_classifier` stages load them.
+
+A model folder holds, per language, a KenLM binary (`LANG.kenlm.binary`, an n-gram model of gold text,
+CCNet style) and/or a fastText classifier (`LANG.classifier.bin`, gold versus web, DCLM style), and
+`quality.json`: what each file is, the normalisation it was trained with and, for KenLM, the perplexity
+cut-offs (percentiles on a sample) that name the `head` / `middle` / `tail` buckets.
+
+KenLM's `lmplz` and `build_binary` come from `scripts/build_kenlm.sh` (built from the kenlm sdist,
+cached in ~/.cache/curation/kenlm, or `CURATION_KENLM_DIR`); nothing is downloaded here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.config import InputConfig
+from curation.io import list_shards, read_shard, write_json_atomic
+from curation.models import ModelError
+
+
+def _text():
+    """The stages' text helpers (imported late: `curation.stages` imports this module)."""
+    from curation.stages import lm_text, text_rules
+
+    return lm_text, text_rules.CJK_LANGUAGES
+
+META = "quality.json"
+KENLM_MAGIC = b"mmap lm http://kheafield.com/code"
+BUCKET_PERCENTILES = (33.3, 66.7)  # CCNet: head / middle / tail thirds
+
+
+class TrainError(ValueError):
+    """Training cannot start or produced nothing; the message says what to do."""
+
+
+def kenlm_binaries() -> tuple[Path, Path]:
+    """(lmplz, build_binary): from CURATION_KENLM_DIR/bin, the setup's cache, or PATH."""
+    folder = Path(os.environ.get("CURATION_KENLM_DIR", Path.home() / ".cache" / "curation" / "kenlm")) / "bin"
+    found = []
+    for name in ("lmplz", "build_binary"):
+        path = folder / name if (folder / name).exists() else shutil.which(name)
+        if path is None:
+            raise TrainError(f"KenLM's {name} not found in {folder} or on PATH: run scripts/build_kenlm.sh "
+                             "(scripts/setup.sh does) to build it from the kenlm sdist")
+        found.append(Path(path))
+    return found[0], found[1]
+
+
+def read_meta(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / META
+    if not path.exists():
+        raise ModelError(f"no quality models in {model_dir} ({META} missing): train them with "
+                         "`curation train-lm --lang LANG --out DIR GOLD...`")
+    return json.loads(path.read_text())
+
+
+def _update_meta(model_dir: Path, kind: str, lang: str, entry: dict) -> None:
+    meta = read_meta(model_dir) if (model_dir / META).exists() else {}
+    meta.setdefault(kind, {})[lang] = entry
+    write_json_atomic(model_dir / META, meta)
+
+
+def check_kenlm_binary(path: Path) -> None:
+    """A clear error for a missing file or an ARPA file where KenLM's binary format is expected."""
+    if not path.exists():
+        raise ModelError(f"KenLM model {path} is missing: train it with `curation train-lm` or fix model_dir")
+    with open(path, "rb") as handle:
+        head = handle.read(len(KENLM_MAGIC))
+    if head != KENLM_MAGIC:
+        if head.lstrip().startswith(b"\\data\\"):
+            raise ModelError(f"{path} is an ARPA file, not a KenLM binary: convert it with "
+                             f"`build_binary {path} OUT.binary` (or train with `curation train-lm`)")
+        raise ModelError(f"{path} is not a KenLM binary model")
+
+
+def _gold_texts(inputs: list[str], lang: str, text_column: str, lang_column: str | None) -> Iterator[pa.Array]:
+    """Text of the gold documents, batch by batch; when the input has a `lang_column`, only `lang` rows."""
+    config = InputConfig(path=tuple(inputs), text_column=text_column, id_column=None, empty_text="drop")
+    for shard in list_shards(config):
+        for batch in read_shard(shard, config):
+            live = pc.is_null(batch.column("drop_reason"))
+            if lang_column and lang_column in batch.schema.names:
+                live = pc.and_(live, pc.fill_null(pc.equal(batch.column(lang_column), lang), False))
+            yield pc.filter(batch.column("text"), live)
+
+
+@dataclass(frozen=True)
+class KenlmTraining:
+    lang: str
+    inputs: list[str]
+    out: Path
+    order: int = 5
+    text_column: str = "text"
+    lang_column: str | None = "lang"
+    calibrate: list[str] | None = None  # documents for the bucket cut-offs (default: held-out gold)
+    holdout_every: int = 20  # every n-th gold document is held out for the cut-offs
+    memory: str = "40%"
+
+
+def document_perplexity(model, normalised: pa.Array) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per document: perplexity over all its lines (each line a sentence with <s> and </s>), and the
+    per-line (paragraph) perplexities. NaN for documents with no line."""
+    lm_text, _ = _text()
+    sentences, parent = lm_text.lines(normalised)
+    score = model.score
+    logprob = np.fromiter((score(s) for s in sentences), dtype=np.float64, count=len(sentences))
+    words = np.fromiter((s.count(" ") + 2 for s in sentences), dtype=np.float64, count=len(sentences))
+    parent = parent.to_numpy()
+    n = len(normalised)
+    total_lp = np.bincount(parent, weights=logprob, minlength=n)
+    total_words = np.bincount(parent, weights=words, minlength=n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ppl = np.where(total_words > 0, 10.0 ** (-total_lp / np.maximum(total_words, 1)), np.nan)
+        line_ppl = 10.0 ** (-logprob / words)
+    bounds = np.searchsorted(parent, np.arange(n + 1))
+    return ppl, [line_ppl[bounds[i]:bounds[i + 1]] for i in range(n)]
+
+
+def train_kenlm(job: KenlmTraining) -> dict:
+    """Train a KenLM model of `order` on the gold inputs; write LANG.kenlm.binary and its quality.json entry."""
+    import kenlm
+
+    lm_text, cjk_languages = _text()
+    lmplz, build_binary = kenlm_binaries()
+    cjk = job.lang in cjk_languages
+    job.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=job.out, prefix=".train-") as tmp:
+        corpus, held_out, docs, chars = Path(tmp) / "corpus.txt", [], 0, 0
+        with open(corpus, "w", encoding="utf-8") as handle:
+            for text in _gold_texts(job.inputs, job.lang, job.text_column, job.lang_column):
+                normalised = lm_text.normalise(text, cjk)
+                for i, doc in enumerate(normalised.to_pylist()):
+                    if not doc:
+                        continue
+                    if (docs + i) % job.holdout_every == job.holdout_every - 1 and len(held_out) < 5000:
+                        held_out.append(doc)
+                        continue
+                    handle.write(doc)
+                    handle.write("\n")
+                    chars += len(doc)
+                docs += len(normalised)
+        if chars == 0:
+            raise TrainError(f"no gold text for language {job.lang!r} in {job.inputs}"
+                             + (f" (rows whose {job.lang_column!r} is {job.lang!r})" if job.lang_column else "")
+                             + ": give gold documents of that language")
+        arpa, binary = Path(tmp) / "model.arpa", job.out / f"{job.lang}.kenlm.binary"
+        with open(corpus, "rb") as source, open(arpa, "wb") as sink:
+            # --skip_symbols: literal <s>, </s>, <unk> in text (WikiText has <unk>) are treated as
+            # white space instead of aborting; --discount_fallback: small corpora lack some counts.
+            run = subprocess.run([str(lmplz), "-o", str(job.order), "-S", job.memory, "-T", tmp, "--skip_symbols",
+                                  "--discount_fallback"], stdin=source, stdout=sink, stderr=subprocess.PIPE)
+        if run.returncode != 0:
+            raise TrainError(f"lmplz failed: {run.stderr.decode(errors='replace')[-2000:]}")
+        tmp_binary = Path(tmp) / "model.binary"
+        run = subprocess.run([str(build_binary), str(arpa), str(tmp_binary)], capture_output=True)
+        if run.returncode != 0:
+            raise TrainError(f"build_binary failed: {run.stderr.decode(errors='replace')[-2000:]}")
+        os.replace(tmp_binary, binary)
+    model = kenlm.Model(str(binary))
+    if job.calibrate:
+        sample = pa.concat_arrays([lm_text.normalise(t, cjk) for t in _gold_texts(job.calibrate, job.lang, job.text_column,
+                                                                                   job.lang_column)] or [pa.array([], pa.string())])
+    else:
+        sample = pa.array(held_out, pa.string())
+    ppl, _ = document_perplexity(model, sample)
+    ppl = ppl[np.isfinite(ppl)]
+    cutoffs = [float(np.percentile(ppl, p)) for p in BUCKET_PERCENTILES] if len(ppl) else [float("inf")] * 2
+    entry = {"file": binary.name, "order": job.order, "normalisation": lm_text.NORMALISATION_VERSION,
+             "cjk_characters": cjk, "train_chars": chars, "train_docs": docs - len(held_out),
+             "cutoffs": {"head": cutoffs[0], "middle": cutoffs[1]}, "cutoff_sample_docs": int(len(ppl)),
+             "cutoff_sample": "calibrate" if job.calibrate else "held-out gold", "train_s": round(time.perf_counter() - started, 1)}
+    _update_meta(job.out, "kenlm", job.lang, entry)
+    return entry
+
+
+def _classifier_lines(inputs: list[str], lang: str, label: str, text_column: str, lang_column: str | None,
+                      cjk: bool, limit: int | None) -> list[str]:
+    lm_text, _ = _text()
+    out: list[str] = []
+    for text in _gold_texts(inputs, lang, text_column, lang_column):
+        one_line = pc.replace_substring(lm_text.normalise(text, cjk), "\n", " ")
+        out.extend(f"__label__{label} {doc}" for doc in one_line.to_pylist() if doc)
+        if limit is not None and len(out) >= limit:
+            return out[:limit]
+    return out
+
+
+def classifier_text(text: pa.Array, cjk: bool) -> list[str]:
+    """What the classifier reads: the normalised document on one line."""
+    lm_text, _ = _text()
+    return pc.replace_substring(lm_text.normalise(text, cjk), "\n", " ").to_pylist()
+
+
+def train_classifier(lang: str, positive: list[str], negative: list[str], out: Path, text_column: str = "text",
+                     lang_column: str | None = "lang", epoch: int = 10, word_ngrams: int = 2, dim: int = 64,
+                     negative_lang_column: str | None = None) -> dict:
+    """fastText supervised classifier, gold (`hq`) versus web (`lq`), classes balanced by truncation."""
+    import fasttext
+
+    lm_text, cjk_languages = _text()
+    cjk = lang in cjk_languages
+    started = time.perf_counter()
+    pos = _classifier_lines(positive, lang, "hq", text_column, lang_column, cjk, None)
+    if not pos:
+        raise TrainError(f"no gold text for language {lang!r} in {positive}: give gold documents of that language")
+    neg = _classifier_lines(negative, lang, "lq", text_column, negative_lang_column, cjk, None)
+    if not neg:
+        raise TrainError(f"no negative (web) text in {negative}: `--kind classifier` needs --negative documents")
+    n = min(len(pos), len(neg))
+    rng = np.random.default_rng(0)
+    lines = [pos[i] for i in sorted(rng.choice(len(pos), n, replace=False))] + \
+            [neg[i] for i in sorted(rng.choice(len(neg), n, replace=False))]
+    rng.shuffle(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".train-") as tmp:
+        data = Path(tmp) / "train.txt"
+        data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        fasttext.FastText.eprint = lambda *args, **kwargs: None
+        model = fasttext.train_supervised(input=str(data), epoch=epoch, lr=0.1, wordNgrams=word_ngrams, dim=dim,
+                                          minCount=2, thread=1, verbose=0)
+        tmp_model = Path(tmp) / "model.bin"
+        model.save_model(str(tmp_model))
+        target = out / f"{lang}.classifier.bin"
+        os.replace(tmp_model, target)
+    entry = {"file": target.name, "normalisation": lm_text.NORMALISATION_VERSION, "cjk_characters": cjk,
+             "positive_docs": n, "negative_docs": n, "epoch": epoch, "word_ngrams": word_ngrams,
+             "train_s": round(time.perf_counter() - started, 1)}
+    _update_meta(out, "classifier", lang, entry)
+    return entry

@@ -1,0 +1,178 @@
+"""`quality` and `quality_classifier`: model-based quality scores (stage 3 of the pipeline).
+
+`quality` scores each document by the perplexity of a KenLM n-gram model trained on gold text of its
+language (CCNet): `ppl`, optionally `paragraph_ppl` (one per non-empty line), and `quality_bucket`
+(`head` / `middle` / `tail` by the cut-offs stored with the model). It drops by bucket (`drop_buckets`)
+or perplexity (`max_ppl`) with reason `quality:ppl`. `quality_classifier` adds `quality_score`, the
+probability a fastText classifier trained on gold versus web text gives to "gold" (DCLM), and drops
+under `min_score` with reason `quality:classifier`. Both take the model folder `curation train-lm`
+wrote and the document language from `lang` (the `lid` stage) or `default_lang`; documents in a language
+without a model pass unscored (null), counted in stats as `unscored_LANG`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation.models import ModelError
+from curation.quality_models import check_kenlm_binary, classifier_text, document_perplexity, read_meta
+from curation.stage import TEXT, Stage, drop_rows, live_mask, register_stage, set_column
+from curation.stages import lm_text
+
+BUCKETS = ("head", "middle", "tail")
+
+
+def _languages(batch: pa.RecordBatch, lang_column: str, default: str | None) -> np.ndarray:
+    if lang_column in batch.schema.names:
+        langs = pc.fill_null(batch.column(lang_column), default or "").to_numpy(zero_copy_only=False)
+    else:
+        langs = np.full(batch.num_rows, default or "", dtype=object)
+    return langs.astype(str)
+
+
+def _check_normalisation(entry: dict, path: Path) -> None:
+    if entry.get("normalisation") != lm_text.NORMALISATION_VERSION:
+        raise ModelError(f"{path} was trained with text normalisation {entry.get('normalisation')}, this version "
+                         f"scores with {lm_text.NORMALISATION_VERSION}: train it again with `curation train-lm`")
+
+
+class _PerLanguage(Stage):
+    """Shared: which rows to score, language by language."""
+
+    def _groups(self, batch: pa.RecordBatch, models: dict) -> list[tuple[str, np.ndarray]]:
+        langs = _languages(batch, self.config.lang_column, self.config.default_lang)
+        live = np.asarray(live_mask(batch).to_numpy(zero_copy_only=False), dtype=bool)
+        groups = []
+        for lang in np.unique(langs[live]):
+            rows = np.flatnonzero(live & (langs == lang))
+            if lang in models:
+                groups.append((lang, rows))
+            else:
+                self.metrics[f"unscored_{lang or 'none'}"] += len(rows)
+        return groups
+
+
+@register_stage("quality")
+class PerplexityQuality(_PerLanguage):
+    """KenLM perplexity per document (CCNet): ppl, quality_bucket; drop by bucket or max_ppl."""
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Config:
+        model_dir: str
+        lang_column: str = "lang"
+        default_lang: str | None = None  # language of rows with no lang column / null lang
+        drop_buckets: tuple[str, ...] = ()  # e.g. ["tail"]
+        max_ppl: float | None = None
+        paragraph_ppl: bool = False  # also `paragraph_ppl`: one value per non-empty line
+
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "drop_buckets", tuple(self.drop_buckets))
+            unknown = set(self.drop_buckets) - set(BUCKETS)
+            if unknown:
+                raise ValueError(f"drop_buckets: unknown bucket(s) {sorted(unknown)}; buckets are {BUCKETS}")
+
+    def setup(self) -> None:
+        import kenlm
+
+        meta = read_meta(self.config.model_dir).get("kenlm", {})
+        if not meta:
+            raise ModelError(f"no KenLM model in {self.config.model_dir}: train one with "
+                             f"`curation train-lm --lang LANG --out {self.config.model_dir} GOLD...`")
+        self._models, self._entries = {}, {}
+        for lang, entry in meta.items():
+            path = Path(self.config.model_dir) / entry["file"]
+            check_kenlm_binary(path)
+            _check_normalisation(entry, path)
+            self._models[lang] = kenlm.Model(str(path))
+            self._entries[lang] = entry
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if not hasattr(self, "_models"):
+            self.setup()
+        n = batch.num_rows
+        ppl = np.full(n, np.nan)
+        paragraphs: list = [None] * n
+        bucket = np.full(n, None, dtype=object)
+        for lang, rows in self._groups(batch, self._models):
+            entry = self._entries[lang]
+            text = pc.take(batch.column(TEXT), pa.array(rows))
+            doc_ppl, line_ppl = document_perplexity(self._models[lang], lm_text.normalise(text, entry["cjk_characters"]))
+            ppl[rows] = doc_ppl
+            cut = entry["cutoffs"]
+            names = np.where(doc_ppl <= cut["head"], "head", np.where(doc_ppl <= cut["middle"], "middle", "tail"))
+            names = np.where(np.isnan(doc_ppl), None, names)
+            bucket[rows] = names
+            if self.config.paragraph_ppl:
+                for row, values in zip(rows.tolist(), line_ppl):
+                    paragraphs[row] = values.tolist()
+            self.metrics[f"scored_{lang}"] += len(rows)
+            for name in BUCKETS:
+                self.metrics[f"{lang}_{name}"] += int((names == name).sum())
+        batch = set_column(batch, "ppl", pa.array(ppl, pa.float64(), from_pandas=True))
+        batch = set_column(batch, "quality_bucket", pa.array(bucket.tolist(), pa.string()))
+        if self.config.paragraph_ppl:
+            batch = set_column(batch, "paragraph_ppl", pa.array(paragraphs, pa.list_(pa.float64())))
+        drop = np.isin(bucket.astype(str), list(self.config.drop_buckets)) if self.config.drop_buckets else np.zeros(n, bool)
+        if self.config.max_ppl is not None:
+            drop |= np.nan_to_num(ppl, nan=0.0) > self.config.max_ppl
+        return drop_rows(batch, pa.array(drop), "quality:ppl")
+
+
+@register_stage("quality_classifier")
+class ClassifierQuality(_PerLanguage):
+    """fastText gold-vs-web classifier (DCLM): quality_score in [0, 1]; drop under min_score."""
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Config:
+        model_dir: str
+        lang_column: str = "lang"
+        default_lang: str | None = None
+        min_score: float | None = None
+
+    def setup(self) -> None:
+        import fasttext
+
+        meta = read_meta(self.config.model_dir).get("classifier", {})
+        if not meta:
+            raise ModelError(f"no quality classifier in {self.config.model_dir}: train one with "
+                             f"`curation train-lm --kind classifier --lang LANG --negative WEB... --out "
+                             f"{self.config.model_dir} GOLD...`")
+        fasttext.FastText.eprint = lambda *args, **kwargs: None
+        self._models, self._entries = {}, {}
+        for lang, entry in meta.items():
+            path = Path(self.config.model_dir) / entry["file"]
+            if not path.exists():
+                raise ModelError(f"quality classifier {path} is missing: train it with `curation train-lm --kind classifier`")
+            _check_normalisation(entry, path)
+            try:
+                self._models[lang] = fasttext.load_model(str(path)).f
+            except ValueError as exc:
+                raise ModelError(f"{path} is not a fastText model: {exc}") from None
+            self._entries[lang] = entry
+
+    def scores(self, text: pa.Array, lang: str) -> np.ndarray:
+        lines = classifier_text(text, self._entries[lang]["cjk_characters"])
+        labels, probs = self._models[lang].multilinePredict(lines, 2, 0.0, "strict")
+        out = np.zeros(len(lines))
+        for i, (names, values) in enumerate(zip(labels, probs)):
+            for name, value in zip(names, values):
+                if name == "__label__hq":
+                    out[i] = min(float(value), 1.0)
+        return out
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if not hasattr(self, "_models"):
+            self.setup()
+        score = np.full(batch.num_rows, np.nan)
+        for lang, rows in self._groups(batch, self._models):
+            score[rows] = self.scores(pc.take(batch.column(TEXT), pa.array(rows)), lang)
+            self.metrics[f"scored_{lang}"] += len(rows)
+        batch = set_column(batch, "quality_score", pa.array(score, pa.float64(), from_pandas=True))
+        if self.config.min_score is None:
+            return batch
+        return drop_rows(batch, pa.array(np.nan_to_num(score, nan=1.0) < self.config.min_score), "quality:classifier")
