@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -38,6 +39,7 @@ def _text():
 
 META = "quality.json"
 KENLM_MAGIC = b"mmap lm http://kheafield.com/code"
+LINE_BREAK = " <nl> "
 BUCKET_PERCENTILES = (33.3, 66.7)  # CCNet: head / middle / tail thirds
 
 
@@ -109,23 +111,77 @@ class KenlmTraining:
     memory: str = "40%"
 
 
-def document_perplexity(model, normalised: pa.Array) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Per document: perplexity over all its lines (each line a sentence with <s> and </s>), and the
-    per-line (paragraph) perplexities. NaN for documents with no line."""
+class Unigrams:
+    """Unigram log10 probabilities of the training tokens (add-half smoothing; `</s>` once per line),
+    stored beside the model: the baseline that `lm_score` subtracts (SLOR: Lau et al. 2017)."""
+
+    def __init__(self, words: pa.Array, log10p: np.ndarray, oov_log10p: float) -> None:
+        self.words, self.log10p, self.oov = words, np.append(log10p, oov_log10p), oov_log10p
+        self.eos = float(log10p[words.index("</s>").as_py()]) if words.index("</s>").as_py() >= 0 else oov_log10p
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, int]) -> "Unigrams":
+        total, vocab = sum(counts.values()), len(counts)
+        words = pa.array(list(counts), pa.string())
+        freq = np.fromiter(counts.values(), dtype=np.float64, count=vocab)
+        return cls(words, np.log10((freq + 0.5) / (total + 0.5 * vocab)), float(np.log10(0.5 / (total + 0.5 * vocab))))
+
+    def save(self, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        table = pa.table({"word": self.words, "log10p": self.log10p[:-1]})
+        table = table.replace_schema_metadata({"oov_log10p": str(self.oov)})
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Unigrams":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        return cls(table.column("word").combine_chunks(), table.column("log10p").to_numpy(),
+                   float(table.schema.metadata[b"oov_log10p"]))
+
+    def line_log10p(self, line_array: pa.Array) -> np.ndarray:
+        """Sum of unigram log10 probabilities per line, `</s>` included."""
+        lm_text, _ = _text()
+        words, parent = lm_text.tokens(line_array)
+        index = pc.fill_null(pc.index_in(words, value_set=self.words), -1).to_numpy(zero_copy_only=False)
+        per_token = self.log10p[index]  # -1 picks the out-of-vocabulary value at the end
+        return np.bincount(parent.to_numpy(), weights=per_token, minlength=len(line_array)) + self.eos
+
+
+@dataclass
+class DocumentScores:
+    ppl: np.ndarray  # perplexity over all lines (NaN: no line)
+    lm_score: np.ndarray  # (log10 P_lm - log10 P_unigram) per token: fluency beyond word frequency
+    line_ppl: list[np.ndarray]  # per non-empty line (paragraph)
+
+
+def score_documents(model, normalised: pa.Array, unigrams: Unigrams | None = None) -> DocumentScores:
+    """KenLM scores of normalised documents; each line a sentence with <s> and </s>, as CCNet does."""
     lm_text, _ = _text()
-    sentences, parent = lm_text.lines(normalised)
+    line_array, parent = lm_text.lines(normalised)
     score = model.score
-    logprob = np.fromiter((score(s) for s in sentences), dtype=np.float64, count=len(sentences))
-    words = np.fromiter((s.count(" ") + 2 for s in sentences), dtype=np.float64, count=len(sentences))
+    logprob = np.fromiter((score(s) for s in line_array.to_pylist()), dtype=np.float64, count=len(line_array))
+    words = pc.add(pc.count_substring(line_array, " "), 2).to_numpy(zero_copy_only=False).astype(np.float64) \
+        if len(line_array) else np.zeros(0)
     parent = parent.to_numpy()
     n = len(normalised)
     total_lp = np.bincount(parent, weights=logprob, minlength=n)
     total_words = np.bincount(parent, weights=words, minlength=n)
+    has_text = total_words > 0
+    safe_words = np.maximum(total_words, 1)
+    ppl = np.where(has_text, 10.0 ** (-total_lp / safe_words), np.nan)
+    lm_score = np.full(n, np.nan)
+    if unigrams is not None:
+        unigram_lp = np.bincount(parent, weights=unigrams.line_log10p(line_array), minlength=n) if len(line_array) else np.zeros(n)
+        lm_score = np.where(has_text, (total_lp - unigram_lp) / safe_words, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ppl = np.where(total_words > 0, 10.0 ** (-total_lp / np.maximum(total_words, 1)), np.nan)
         line_ppl = 10.0 ** (-logprob / words)
     bounds = np.searchsorted(parent, np.arange(n + 1))
-    return ppl, [line_ppl[bounds[i]:bounds[i + 1]] for i in range(n)]
+    return DocumentScores(ppl, lm_score, [line_ppl[bounds[i]:bounds[i + 1]] for i in range(n)])
 
 
 def train_kenlm(job: KenlmTraining) -> dict:
@@ -139,19 +195,27 @@ def train_kenlm(job: KenlmTraining) -> dict:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=job.out, prefix=".train-") as tmp:
         corpus, held_out, docs, chars = Path(tmp) / "corpus.txt", [], 0, 0
+        counts: Counter = Counter()
         with open(corpus, "w", encoding="utf-8") as handle:
             for text in _gold_texts(job.inputs, job.lang, job.text_column, job.lang_column):
                 normalised = lm_text.normalise(text, cjk)
-                for i, doc in enumerate(normalised.to_pylist()):
-                    if not doc:
-                        continue
-                    if (docs + i) % job.holdout_every == job.holdout_every - 1 and len(held_out) < 5000:
-                        held_out.append(doc)
-                        continue
-                    handle.write(doc)
-                    handle.write("\n")
-                    chars += len(doc)
+                held = (np.arange(docs, docs + len(normalised)) % job.holdout_every) == job.holdout_every - 1
+                if len(held_out) >= 5000:
+                    held[:] = False
+                held_out.extend(d for d in pc.filter(normalised, pa.array(held)).to_pylist() if d)
+                train = pc.filter(normalised, pa.array(~held))
                 docs += len(normalised)
+                line_array, _ = lm_text.lines(train)
+                if not len(line_array):
+                    continue
+                words, _ = lm_text.tokens(line_array)
+                counted = pc.value_counts(words)
+                counts.update(dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())))
+                counts["</s>"] += len(line_array)
+                block = "\n".join(line_array.to_pylist())
+                handle.write(block)
+                handle.write("\n")
+                chars += len(block)
         if chars == 0:
             raise TrainError(f"no gold text for language {job.lang!r} in {job.inputs}"
                              + (f" (rows whose {job.lang_column!r} is {job.lang!r})" if job.lang_column else "")
@@ -169,18 +233,29 @@ def train_kenlm(job: KenlmTraining) -> dict:
         if run.returncode != 0:
             raise TrainError(f"build_binary failed: {run.stderr.decode(errors='replace')[-2000:]}")
         os.replace(tmp_binary, binary)
+    unigrams = Unigrams.from_counts(counts)
+    unigrams.save(job.out / f"{job.lang}.unigram.parquet")
     model = kenlm.Model(str(binary))
     if job.calibrate:
         sample = pa.concat_arrays([lm_text.normalise(t, cjk) for t in _gold_texts(job.calibrate, job.lang, job.text_column,
                                                                                    job.lang_column)] or [pa.array([], pa.string())])
     else:
         sample = pa.array(held_out, pa.string())
-    ppl, _ = document_perplexity(model, sample)
-    ppl = ppl[np.isfinite(ppl)]
-    cutoffs = [float(np.percentile(ppl, p)) for p in BUCKET_PERCENTILES] if len(ppl) else [float("inf")] * 2
-    entry = {"file": binary.name, "order": job.order, "normalisation": lm_text.NORMALISATION_VERSION,
+    scores = score_documents(model, sample, unigrams)
+    ppl = scores.ppl[np.isfinite(scores.ppl)]
+    lm_score = scores.lm_score[np.isfinite(scores.lm_score)]
+    if not len(ppl):
+        raise TrainError(f"no documents to compute the bucket cut-offs from ({'--calibrate' if job.calibrate else 'held-out gold'}"
+                         f" is empty): give more gold documents or --calibrate")
+    entry = {"file": binary.name, "unigrams": f"{job.lang}.unigram.parquet", "order": job.order,
+             "normalisation": lm_text.NORMALISATION_VERSION,
              "cjk_characters": cjk, "train_chars": chars, "train_docs": docs - len(held_out),
-             "cutoffs": {"head": cutoffs[0], "middle": cutoffs[1]}, "cutoff_sample_docs": int(len(ppl)),
+             # low perplexity is good: head is under the first cut-off; high lm_score is good: head is over
+             "cutoffs": {"ppl": {"head": float(np.percentile(ppl, BUCKET_PERCENTILES[0])),
+                                 "middle": float(np.percentile(ppl, BUCKET_PERCENTILES[1]))},
+                         "lm_score": {"head": float(np.percentile(lm_score, 100 - BUCKET_PERCENTILES[0])),
+                                      "middle": float(np.percentile(lm_score, 100 - BUCKET_PERCENTILES[1]))}},
+             "cutoff_sample_docs": int(len(ppl)),
              "cutoff_sample": "calibrate" if job.calibrate else "held-out gold", "train_s": round(time.perf_counter() - started, 1)}
     _update_meta(job.out, "kenlm", job.lang, entry)
     return entry
@@ -191,7 +266,7 @@ def _classifier_lines(inputs: list[str], lang: str, label: str, text_column: str
     lm_text, _ = _text()
     out: list[str] = []
     for text in _gold_texts(inputs, lang, text_column, lang_column):
-        one_line = pc.replace_substring(lm_text.normalise(text, cjk), "\n", " ")
+        one_line = pc.replace_substring(lm_text.normalise(text, cjk), "\n", LINE_BREAK)
         out.extend(f"__label__{label} {doc}" for doc in one_line.to_pylist() if doc)
         if limit is not None and len(out) >= limit:
             return out[:limit]
@@ -199,9 +274,10 @@ def _classifier_lines(inputs: list[str], lang: str, label: str, text_column: str
 
 
 def classifier_text(text: pa.Array, cjk: bool) -> list[str]:
-    """What the classifier reads: the normalised document on one line."""
+    """What the classifier reads: the normalised document on one line, line breaks as a token (how a
+    page is cut into lines tells menus and fragments from prose)."""
     lm_text, _ = _text()
-    return pc.replace_substring(lm_text.normalise(text, cjk), "\n", " ").to_pylist()
+    return pc.replace_substring(lm_text.normalise(text, cjk), "\n", LINE_BREAK).to_pylist()
 
 
 def train_classifier(lang: str, positive: list[str], negative: list[str], out: Path, text_column: str = "text",

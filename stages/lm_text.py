@@ -35,7 +35,10 @@ _CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"
 
 def normalise(text: pa.Array, cjk: bool = False) -> pa.Array:
     """Normalised text, lines kept (one sentence per line for the language model)."""
-    out = pc.utf8_lower(text)
+    # KenLM's own symbols: lmplz --skip_symbols reads them as white space in training, so scoring does too
+    # (WikiText-style corpora hold many literal <unk>).
+    out = pc.replace_substring_regex(text, r"</?s>|<unk>", " ")
+    out = pc.utf8_lower(out)
     out = pc.replace_substring_regex(out, r"\d", "0")
     for pattern, replacement in _PUNCTUATION:
         out = pc.replace_substring_regex(out, pattern, replacement)
@@ -48,10 +51,19 @@ def normalise(text: pa.Array, cjk: bool = False) -> pa.Array:
     return pc.utf8_trim(out, " \n")
 
 
-def lines(normalised: pa.Array) -> tuple[list[str], pa.Array]:
+def lines(normalised: pa.Array) -> tuple[pa.Array, pa.Array]:
     """(every non-empty line of every document, document index of each line)."""
     split = pc.split_pattern(normalised, "\n")
     flat = split.flatten()
     parent = pc.list_parent_indices(split)
     nonempty = pc.not_equal(flat, "")
-    return pc.filter(flat, nonempty).to_pylist(), pc.filter(parent, nonempty)
+    return pc.filter(flat, nonempty), pc.filter(parent, nonempty)
+
+
+def tokens(line_array: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(every token of every line, line index of each token): KenLM's white-space tokens."""
+    split = pc.split_pattern(line_array, " ")
+    flat = split.flatten()
+    parent = pc.list_parent_indices(split)
+    nonempty = pc.not_equal(flat, "")
+    return pc.filter(flat, nonempty), pc.filter(parent, nonempty)

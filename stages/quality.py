@@ -1,9 +1,13 @@
 """`quality` and `quality_classifier`: model-based quality scores (stage 3 of the pipeline).
 
 `quality` scores each document by the perplexity of a KenLM n-gram model trained on gold text of its
-language (CCNet): `ppl`, optionally `paragraph_ppl` (one per non-empty line), and `quality_bucket`
-(`head` / `middle` / `tail` by the cut-offs stored with the model). It drops by bucket (`drop_buckets`)
-or perplexity (`max_ppl`) with reason `quality:ppl`. `quality_classifier` adds `quality_score`, the
+language (CCNet): `ppl`, optionally `paragraph_ppl` (one per non-empty line), `lm_score` and
+`quality_bucket` (`head` / `middle` / `tail` by the cut-offs stored with the model). `lm_score` is the
+model's log10 probability minus that of the training unigrams, per token (SLOR, Lau et al. 2017): how
+much more fluent than its bag of words the text reads. Perplexity alone rewards text made of frequent
+words (keyword lists, sentence fragments); `lm_score` does not, so buckets use it by default
+(`bucket_by: ppl` for CCNet's own). It drops by bucket (`drop_buckets`), perplexity (`max_ppl`) or
+`min_lm_score` with reason `quality:ppl`. `quality_classifier` adds `quality_score`, the
 probability a fastText classifier trained on gold versus web text gives to "gold" (DCLM), and drops
 under `min_score` with reason `quality:classifier`. Both take the model folder `curation train-lm`
 wrote and the document language from `lang` (the `lid` stage) or `default_lang`; documents in a language
@@ -20,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.models import ModelError
-from curation.quality_models import check_kenlm_binary, classifier_text, document_perplexity, read_meta
+from curation.quality_models import Unigrams, check_kenlm_binary, classifier_text, read_meta, score_documents
 from curation.stage import TEXT, Stage, drop_rows, live_mask, register_stage, set_column
 from curation.stages import lm_text
 
@@ -59,7 +63,7 @@ class _PerLanguage(Stage):
 
 @register_stage("quality")
 class PerplexityQuality(_PerLanguage):
-    """KenLM perplexity per document (CCNet): ppl, quality_bucket; drop by bucket or max_ppl."""
+    """KenLM perplexity per document (CCNet): ppl, lm_score, quality_bucket; drop by bucket, max_ppl or min_lm_score."""
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class Config:
@@ -67,7 +71,9 @@ class PerplexityQuality(_PerLanguage):
         lang_column: str = "lang"
         default_lang: str | None = None  # language of rows with no lang column / null lang
         drop_buckets: tuple[str, ...] = ()  # e.g. ["tail"]
+        bucket_by: str = "lm_score"  # or "ppl" (CCNet's own); lm_score separates junk better (bench/)
         max_ppl: float | None = None
+        min_lm_score: float | None = None
         paragraph_ppl: bool = False  # also `paragraph_ppl`: one value per non-empty line
 
         def __post_init__(self) -> None:
@@ -75,6 +81,8 @@ class PerplexityQuality(_PerLanguage):
             unknown = set(self.drop_buckets) - set(BUCKETS)
             if unknown:
                 raise ValueError(f"drop_buckets: unknown bucket(s) {sorted(unknown)}; buckets are {BUCKETS}")
+            if self.bucket_by not in ("ppl", "lm_score"):
+                raise ValueError("bucket_by must be 'ppl' or 'lm_score'")
 
     def setup(self) -> None:
         import kenlm
@@ -83,12 +91,16 @@ class PerplexityQuality(_PerLanguage):
         if not meta:
             raise ModelError(f"no KenLM model in {self.config.model_dir}: train one with "
                              f"`curation train-lm --lang LANG --out {self.config.model_dir} GOLD...`")
-        self._models, self._entries = {}, {}
+        self._models, self._entries, self._unigrams = {}, {}, {}
         for lang, entry in meta.items():
             path = Path(self.config.model_dir) / entry["file"]
             check_kenlm_binary(path)
             _check_normalisation(entry, path)
+            unigram_path = Path(self.config.model_dir) / entry["unigrams"]
+            if not unigram_path.exists():
+                raise ModelError(f"{unigram_path} is missing (written by `curation train-lm` beside {path.name}): train again")
             self._models[lang] = kenlm.Model(str(path))
+            self._unigrams[lang] = Unigrams.load(unigram_path)
             self._entries[lang] = entry
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -96,30 +108,39 @@ class PerplexityQuality(_PerLanguage):
             self.setup()
         n = batch.num_rows
         ppl = np.full(n, np.nan)
+        lm_score = np.full(n, np.nan)
         paragraphs: list = [None] * n
         bucket = np.full(n, None, dtype=object)
         for lang, rows in self._groups(batch, self._models):
             entry = self._entries[lang]
             text = pc.take(batch.column(TEXT), pa.array(rows))
-            doc_ppl, line_ppl = document_perplexity(self._models[lang], lm_text.normalise(text, entry["cjk_characters"]))
-            ppl[rows] = doc_ppl
-            cut = entry["cutoffs"]
-            names = np.where(doc_ppl <= cut["head"], "head", np.where(doc_ppl <= cut["middle"], "middle", "tail"))
-            names = np.where(np.isnan(doc_ppl), None, names)
+            scores = score_documents(self._models[lang], lm_text.normalise(text, entry["cjk_characters"]),
+                                     self._unigrams[lang])
+            ppl[rows], lm_score[rows] = scores.ppl, scores.lm_score
+            cut = entry["cutoffs"][self.config.bucket_by]
+            if self.config.bucket_by == "ppl":
+                names = np.where(scores.ppl <= cut["head"], "head", np.where(scores.ppl <= cut["middle"], "middle", "tail"))
+            else:
+                names = np.where(scores.lm_score >= cut["head"], "head",
+                                 np.where(scores.lm_score >= cut["middle"], "middle", "tail"))
+            names = np.where(np.isnan(scores.ppl), None, names)
             bucket[rows] = names
             if self.config.paragraph_ppl:
-                for row, values in zip(rows.tolist(), line_ppl):
+                for row, values in zip(rows.tolist(), scores.line_ppl):
                     paragraphs[row] = values.tolist()
             self.metrics[f"scored_{lang}"] += len(rows)
             for name in BUCKETS:
                 self.metrics[f"{lang}_{name}"] += int((names == name).sum())
         batch = set_column(batch, "ppl", pa.array(ppl, pa.float64(), from_pandas=True))
+        batch = set_column(batch, "lm_score", pa.array(lm_score, pa.float64(), from_pandas=True))
         batch = set_column(batch, "quality_bucket", pa.array(bucket.tolist(), pa.string()))
         if self.config.paragraph_ppl:
             batch = set_column(batch, "paragraph_ppl", pa.array(paragraphs, pa.list_(pa.float64())))
         drop = np.isin(bucket.astype(str), list(self.config.drop_buckets)) if self.config.drop_buckets else np.zeros(n, bool)
         if self.config.max_ppl is not None:
             drop |= np.nan_to_num(ppl, nan=0.0) > self.config.max_ppl
+        if self.config.min_lm_score is not None:
+            drop |= np.nan_to_num(lm_score, nan=np.inf) < self.config.min_lm_score
         return drop_rows(batch, pa.array(drop), "quality:ppl")
 
 
