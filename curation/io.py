@@ -131,6 +131,8 @@ def _read_jsonl(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
                 seen += batch.num_rows
             return
         except pa.ArrowInvalid as exc:
+            if "Empty JSON stream" in str(exc) and given == 0:
+                return  # an empty file is an empty shard
             if "straddl" in str(exc) and block < MAX_JSONL_BLOCK:
                 block = min(block * 4, MAX_JSONL_BLOCK)
                 continue
