@@ -165,8 +165,7 @@ def score_documents(model, normalised: pa.Array, unigrams: Unigrams | None = Non
     line_array, parent = lm_text.lines(normalised)
     score = model.score
     logprob = np.fromiter((score(s) for s in line_array.to_pylist()), dtype=np.float64, count=len(line_array))
-    words = pc.add(pc.count_substring(line_array, " "), 2).to_numpy(zero_copy_only=False).astype(np.float64) \
-        if len(line_array) else np.zeros(0)
+    words = lm_text.token_counts(line_array).astype(np.float64) + 1  # + </s>
     parent = parent.to_numpy()
     n = len(normalised)
     total_lp = np.bincount(parent, weights=logprob, minlength=n)
@@ -266,7 +265,7 @@ def _classifier_lines(inputs: list[str], lang: str, label: str, text_column: str
     lm_text, _ = _text()
     out: list[str] = []
     for text in _gold_texts(inputs, lang, text_column, lang_column):
-        one_line = pc.replace_substring(lm_text.normalise(text, cjk), "\n", LINE_BREAK)
+        one_line = pc.replace_substring(lm_text.normalise(text, cjk, lower=False), "\n", LINE_BREAK)
         out.extend(f"__label__{label} {doc}" for doc in one_line.to_pylist() if doc)
         if limit is not None and len(out) >= limit:
             return out[:limit]
@@ -277,7 +276,7 @@ def classifier_text(text: pa.Array, cjk: bool) -> list[str]:
     """What the classifier reads: the normalised document on one line, line breaks as a token (how a
     page is cut into lines tells menus and fragments from prose)."""
     lm_text, _ = _text()
-    return pc.replace_substring(lm_text.normalise(text, cjk), "\n", LINE_BREAK).to_pylist()
+    return pc.replace_substring(lm_text.normalise(text, cjk, lower=False), "\n", LINE_BREAK).to_pylist()
 
 
 def train_classifier(lang: str, positive: list[str], negative: list[str], out: Path, text_column: str = "text",

@@ -1,68 +1,114 @@
 """Text normalisation for n-gram language models, shared by `curation train-lm` and the `quality`
 stage so that a model is scored on text normalised exactly as it was trained (CCNet style).
 
-Vectorised over an Arrow array with pyarrow.compute: lower-case, digits folded to 0, Unicode
-punctuation mapped to ASCII (CJK full-width punctuation included) and split from words, accents kept (they carry meaning in
-most languages), white space inside a line collapsed. Chinese and Japanese are split into characters
-(each Han/Kana character a token), so a character n-gram model is trained and scored. A line is a
-sentence for KenLM; empty lines are dropped.
+Lower-case (the KenLM models; the classifier keeps the case); digits folded to 0; punctuation split from words (ASCII punctuation except the apostrophe
+and the hyphen, which stay inside words, plus the common Unicode punctuation: quotes, dashes, CJK and
+full-width marks); KenLM's own symbols `<s>`, `</s>`, `<unk>` removed (lmplz --skip_symbols reads
+them as white space in training, so scoring does too: WikiText-style corpora hold many); accents kept.
+Chinese and Japanese are split into characters (each Han/Kana character a token), so a character
+n-gram model is trained and scored. A line is a sentence for KenLM; blank lines are dropped; runs of
+white space are left to KenLM, which splits on them.
+
+Speed matters here (the scoring budget is a fraction of KenLM's own time), so the ASCII work is done
+on the UTF-8 bytes of the whole Arrow array at once with numpy lookup tables, and the regular
+expressions run only on the documents that hold non-ASCII text.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-NORMALISATION_VERSION = 1
+NORMALISATION_VERSION = 2
 
-# (pattern, replacement) applied in order; RE2 syntax.
-_PUNCTUATION = [
-    ("[\u201c\u201d\u201e\u201f\u00ab\u00bb\u300c\u300d\u300e\u300f\uff02]", '"'),
-    ("[\u2018\u2019\u201a\u201b\u2032\uff07]", "'"),
-    ("[\u2010-\u2015\u2212\uff0d]", "-"),
-    ("[\u3002\uff0e]", "."),
-    ("[\uff0c\u3001]", ","),
-    ("\uff1a", ":"),
-    ("\uff1b", ";"),
-    ("\uff01", "!"),
-    ("\uff1f", "?"),
-    ("[\uff08\u3010\u3014]", "("),
-    ("[\uff09\u3011\u3015]", ")"),
-    ("\u2026", "..."),
-]
+_DIGIT_FOLD = np.arange(256, dtype=np.uint8)
+_DIGIT_FOLD[ord("1"):ord("9") + 1] = ord("0")
+_IS_PUNCT = np.zeros(256, dtype=bool)
+_IS_PUNCT[np.frombuffer(b'.,!?;:"()[]{}<>|/*=+#&%$@~^_`\\', dtype=np.uint8)] = True
+_IS_SPACE = np.zeros(256, dtype=bool)
+_IS_SPACE[np.frombuffer(b" \t\r\n\x0b\x0c", dtype=np.uint8)] = True
+_UNICODE_PUNCT = (r"([\x{00A1}-\x{00BF}\x{00D7}\x{00F7}\x{2010}-\x{205E}\x{3000}-\x{303F}\x{FF01}-\x{FF0F}"
+                  r"\x{FF1A}-\x{FF20}\x{FF3B}-\x{FF40}\x{FF5B}-\x{FF65}])")
 _CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"
 
 
-def normalise(text: pa.Array, cjk: bool = False) -> pa.Array:
-    """Normalised text, lines kept (one sentence per line for the language model)."""
-    # KenLM's own symbols: lmplz --skip_symbols reads them as white space in training, so scoring does too
-    # (WikiText-style corpora hold many literal <unk>).
-    out = pc.replace_substring_regex(text, r"</?s>|<unk>", " ")
-    out = pc.utf8_lower(out)
-    out = pc.replace_substring_regex(out, r"\d", "0")
-    for pattern, replacement in _PUNCTUATION:
-        out = pc.replace_substring_regex(out, pattern, replacement)
-    out = pc.replace_substring_regex(out, r"([.,!?;:\"()\[\]{}<>|/*=+#&%$@~^_`\\])", r" \1 ")  # tokens
-    if cjk:
-        out = pc.replace_substring_regex(out, _CJK_CHAR, r" \1 ")
-    out = pc.replace_substring_regex(out, "[ \t\r\f\v\u00a0\u3000]+", " ")
-    out = pc.replace_substring_regex(out, r" ?\n ?", "\n")
-    out = pc.replace_substring_regex(out, r"\n+", "\n")
-    return pc.utf8_trim(out, " \n")
+def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets relative to the data, UTF-8 bytes) of a string array, without copying the text."""
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset:array.offset + len(array) + 1]
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]] if len(array) else np.zeros(0, np.uint8)
+    return offsets - offsets[0], data
+
+
+def _ascii_pass(array: pa.Array) -> pa.Array:
+    """Digits folded and ASCII punctuation padded with spaces, on the bytes of the whole array."""
+    offsets, data = _string_buffers(array)
+    if len(data) > 2**29 and len(array) > 1:  # int32 positions below; halves keep them in range
+        half = len(array) // 2
+        return pa.concat_arrays([_ascii_pass(array.slice(0, half)), _ascii_pass(array.slice(half))])
+    data = _DIGIT_FOLD[data]
+    punct = _IS_PUNCT[data]
+    # int32 throughout: numpy's cumsum of a bool array into int32 is ten times faster than into int64
+    before = np.zeros(len(data) + 1, dtype=np.int32)
+    np.cumsum(punct, dtype=np.int32, out=before[1:])  # punctuation bytes before each position
+    out = np.full(len(data) + 2 * int(before[-1]), ord(" "), dtype=np.uint8)
+    position = np.arange(len(data), dtype=np.int32)
+    position += 2 * before[:-1]
+    position += punct
+    out[position] = data
+    new_offsets = offsets.astype(np.int32) + 2 * before[offsets]
+    return pa.StringArray.from_buffers(len(array), pa.py_buffer(new_offsets), pa.py_buffer(out), _validity(array))
+
+
+def _validity(array: pa.Array) -> pa.Buffer | None:
+    if array.null_count == 0:
+        return None
+    return pa.array(pc.is_valid(array).to_numpy(zero_copy_only=False)).buffers()[1]
+
+
+def normalise(text: pa.Array, cjk: bool = False, lower: bool = True) -> pa.Array:
+    """Normalised text, lines kept (one sentence per line for the language model). `lower=False` keeps
+    the case (the quality classifier: shouting and odd capitals are signs it should see)."""
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    out = pc.utf8_lower(text) if lower else text
+    if len(out) and pc.any(pc.match_substring(out, "<")).as_py():
+        out = pc.replace_substring_regex(out, r"</?s>|<unk>", " ")
+    non_ascii = pc.invert(pc.string_is_ascii(out))
+    if len(out) and pc.any(non_ascii).as_py():
+        rows = pc.filter(out, non_ascii)
+        rows = pc.replace_substring_regex(rows, _UNICODE_PUNCT, r" \1 ")
+        if cjk:
+            rows = pc.replace_substring_regex(rows, _CJK_CHAR, r" \1 ")
+        out = pc.replace_with_mask(out, non_ascii, rows)
+    return _ascii_pass(out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out)
 
 
 def lines(normalised: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """(every non-empty line of every document, document index of each line)."""
+    """(every non-blank line of every document, document index of each line)."""
     split = pc.split_pattern(normalised, "\n")
     flat = split.flatten()
     parent = pc.list_parent_indices(split)
-    nonempty = pc.not_equal(flat, "")
-    return pc.filter(flat, nonempty), pc.filter(parent, nonempty)
+    keep = pc.invert(pc.or_(pc.equal(flat, ""), pc.utf8_is_space(flat)))
+    return pc.filter(flat, keep), pc.filter(parent, keep)
+
+
+def token_counts(line_array: pa.Array) -> np.ndarray:
+    """White-space separated tokens per (non-blank) line, counted on the bytes."""
+    if len(line_array) == 0:
+        return np.zeros(0, np.int64)
+    if isinstance(line_array, pa.ChunkedArray):
+        line_array = line_array.combine_chunks()
+    offsets, data = _string_buffers(line_array)
+    space = _IS_SPACE[data]
+    starts = ~space & np.concatenate([[True], space[:-1]])
+    starts[offsets[:-1][offsets[:-1] < len(data)]] = ~space[offsets[:-1][offsets[:-1] < len(data)]]
+    return np.add.reduceat(starts.astype(np.int64), offsets[:-1])
 
 
 def tokens(line_array: pa.Array) -> tuple[pa.Array, pa.Array]:
     """(every token of every line, line index of each token): KenLM's white-space tokens."""
-    split = pc.split_pattern(line_array, " ")
+    split = pc.utf8_split_whitespace(line_array)
     flat = split.flatten()
     parent = pc.list_parent_indices(split)
     nonempty = pc.not_equal(flat, "")
