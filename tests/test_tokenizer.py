@@ -1,0 +1,119 @@
+"""Tokenizer: language-balanced sampling, byte-level BPE training, lossless round trip, evaluation."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tokenizers import Tokenizer
+
+from conftest import DATA
+from curation.cli import main as cli_main
+from curation.tokenizer.sample import SampleError, SampleSpec, balanced_sample, group_bytes
+from curation.tokenizer.train import SPECIAL_TOKENS, TokenizerError, check_vocab_size, train_from_shards
+
+GROUP_OF = {"en": "en", "zh": "zh", "python": "code", "cpp": "code", "java": "code", "js": "code", "go": "code"}
+
+
+def shared_rows() -> list[dict]:
+    rows = []
+    for path in sorted(DATA.glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                if row["text"]:
+                    rows.append({"id": row["id"], "text": row["text"],
+                                 "lang_group": GROUP_OF.get(row.get("lang") or "", "other")})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    """All of ../shared/data as curated Parquet shards with a lang_group column (every 10th row held out)."""
+    folder = tmp_path_factory.mktemp("curated")
+    rows = shared_rows()
+    train, held = [r for i, r in enumerate(rows) if i % 10], rows[::10]
+    for k in range(3):
+        pq.write_table(pa.Table.from_pylist(train[k::3]), folder / f"part{k}.parquet")
+    pq.write_table(pa.Table.from_pylist(held), folder / "held_out.parquet")
+    return {"train": [str(folder / f"part{k}.parquet") for k in range(3)], "held": [str(folder / "held_out.parquet")],
+            "rows": rows, "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def trained(curated, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok")
+    spec = SampleSpec(shares={"en": 0.4, "zh": 0.3, "code": 0.1, "other": 0.2}, budget_bytes=8_000_000, seed=1)
+    return train_from_shards(curated["train"], out, spec, vocab_size=8000)
+
+
+def test_sample_follows_the_shares_and_is_deterministic(curated):
+    spec = SampleSpec(shares={"en": 0.5, "zh": 0.3, "code": 0.1, "other": 0.1}, budget_bytes=4_000_000, seed=7)
+    totals = group_bytes(curated["train"], spec)
+    first = list(balanced_sample(curated["train"], spec, totals))
+    assert first == list(balanced_sample(curated["train"], spec, totals))
+    assert first != list(balanced_sample(curated["train"], SampleSpec(**{**spec.__dict__, "seed": 8}), totals))
+    by_text = {r["text"]: r["lang_group"] for r in curated["rows"]}
+    got = {g: 0 for g in spec.shares}
+    for text in first:
+        got[by_text[text]] += len(text.encode())
+    for group, share in spec.shares.items():
+        quota = min(share * spec.budget_bytes, totals[group])
+        assert abs(got[group] - quota) <= 0.2 * quota, (group, got[group], quota)
+
+
+def test_sample_errors(curated, tmp_path):
+    with pytest.raises(SampleError, match="no text for group"):
+        list(balanced_sample(curated["train"], SampleSpec(shares={"en": 0.5, "klingon": 0.5}, budget_bytes=1000)))
+    with pytest.raises(SampleError, match="shares"):
+        SampleSpec(shares={}, budget_bytes=10)
+
+
+def test_vocab_size_limits():
+    with pytest.raises(TokenizerError, match="byte alphabet"):
+        check_vocab_size(200)
+    with pytest.raises(TokenizerError, match="uint16"):
+        check_vocab_size(70_000)
+    check_vocab_size(70_000, uint16=False)
+
+
+def test_round_trip_on_all_shared_data(trained, curated):
+    tokenizer = Tokenizer.from_file(str(trained))
+    assert [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3]
+    assert tokenizer.get_vocab_size() <= 65536
+    texts = [r["text"] for r in curated["rows"]]
+    bad = []
+    for start in range(0, len(texts), 5000):
+        chunk = texts[start:start + 5000]
+        decoded = tokenizer.decode_batch([e.ids for e in tokenizer.encode_batch(chunk)], skip_special_tokens=False)
+        bad += [t for t, d in zip(chunk, decoded) if t != d]
+    assert not bad, bad[:3]
+    ids = np.concatenate([np.asarray(e.ids) for e in tokenizer.encode_batch(texts[:2000])])
+    assert ids.max() < 65536
+
+
+def test_loads_in_transformers(trained):
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(trained))
+    text = "Homarus gammarus 2023: 当希望工程救助的百万儿童 def f(x):\n    return x"
+    assert fast(text)["input_ids"] == Tokenizer.from_file(str(trained)).encode(text).ids
+    assert fast.decode(fast(text)["input_ids"]) == text
+
+
+def test_cli_train_and_eval(curated, tmp_path, capsys):
+    out = tmp_path / "tok"
+    assert cli_main(["train-tokenizer", "--out", str(out), "--vocab-size", "3000", "--budget-mb", "2",
+                     "--shares", "en=0.5,zh=0.3,other=0.2", *curated["train"]]) == 0
+    assert (out / "tokenizer.json").exists()
+    capsys.readouterr()
+    assert cli_main(["eval-tokenizer", str(out / "tokenizer.json"), *curated["held"], "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert set(report["groups"]) == {"en", "zh", "other"}
+    for row in report["groups"].values():
+        assert row["bytes_per_token"] > 1 and row["plain_byte_level_bpe_bytes_per_token"] > 1
+    assert cli_main(["train-tokenizer", "--out", str(out), "--vocab-size", "100", *curated["train"]]) == 1

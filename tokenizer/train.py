@@ -1,0 +1,100 @@
+"""Byte-level BPE training with HF `tokenizers` (the 65,536-entry vocabulary: every id fits uint16).
+
+The pre-tokenizer is a regular expression then byte-level mapping (no regex of its own); the choice of
+expression is measured in bench/bench_tokenizer.py (bytes per token on held-out English, Chinese and
+code). Special tokens come first (ids 0..3): begin and end of document, padding, and the separator
+that packing puts between documents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+BOS, EOS, PAD, SEP = "<|bos|>", "<|eos|>", "<|pad|>", "<|sep|>"
+SPECIAL_TOKENS = (BOS, EOS, PAD, SEP)
+UINT16_VOCAB = 65_536
+BYTE_ALPHABET = 256
+
+# cl100k's split (contractions, a letter run with one leading non-letter, punctuation runs with their
+# line breaks, white space runs whole except the last space so code indentation is few tokens) with
+# digits in groups of up to three with an optional leading space. Han runs stay one pre-token, as the
+# letters they are, so BPE learns multi-character Chinese words. Measured against GPT-2's split and
+# against individual digits or Han runs cut to 1-4 characters (bench/bench_tokenizer.py): the only one
+# at or above the plain ByteLevelBPETokenizer on English, Chinese and code held-out text.
+PRE_TOKENIZER_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+| ?\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                         r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+class TokenizerError(ValueError):
+    """The tokenizer cannot be trained as asked; the message says why."""
+
+
+def new_tokenizer(pattern: str = PRE_TOKENIZER_PATTERN) -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def check_vocab_size(vocab_size: int, uint16: bool = True) -> None:
+    smallest = BYTE_ALPHABET + len(SPECIAL_TOKENS)
+    if vocab_size < smallest:
+        raise TokenizerError(f"vocab_size {vocab_size} is under the byte alphabet plus special tokens ({smallest})")
+    if uint16 and vocab_size > UINT16_VOCAB:
+        raise TokenizerError(f"vocab_size {vocab_size} is over {UINT16_VOCAB}: ids would not fit uint16 "
+                             "(pass uint16=False / --no-uint16 for a larger vocabulary)")
+
+
+def train_from_shards(inputs: list[str], out_dir: str | Path, spec, vocab_size: int = UINT16_VOCAB,
+                      uint16: bool = True, show_progress: bool = False) -> Path:
+    """Draw the language-balanced sample from curated shards (streamed) and train on it. The sample's
+    spec and inputs are stored with the tokenizer, so the same sample can be drawn again."""
+    import dataclasses
+
+    from curation.tokenizer.sample import balanced_sample, group_bytes
+
+    check_vocab_size(vocab_size, uint16)
+    totals = group_bytes(inputs, spec)
+    path = train_tokenizer(balanced_sample(inputs, spec, totals), out_dir, vocab_size=vocab_size, uint16=uint16,
+                           show_progress=show_progress,
+                           extra_meta={"inputs": list(inputs), "sample": dataclasses.asdict(spec), "group_bytes": totals})
+    return path
+
+
+def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = UINT16_VOCAB, min_frequency: int = 2,
+                    uint16: bool = True, pattern: str = PRE_TOKENIZER_PATTERN, show_progress: bool = False,
+                    extra_meta: dict | None = None) -> Path:
+    """Train on `texts` (any iterable: it is streamed) and write OUT_DIR/tokenizer.json atomically."""
+    check_vocab_size(vocab_size, uint16)
+    tokenizer = new_tokenizer(pattern)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
+    seen = 0
+
+    def counted() -> Iterable[str]:
+        nonlocal seen
+        for text in texts:
+            seen += 1
+            yield text
+
+    tokenizer.train_from_iterator(counted(), trainer)
+    if seen == 0:
+        raise TokenizerError("no text to train on: the sample is empty")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False) as handle:
+        handle.write(tokenizer.to_str())
+    os.replace(handle.name, out / "tokenizer.json")
+    meta = {"vocab_size": tokenizer.get_vocab_size(), "special_tokens": {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS},
+            "pattern": pattern, "documents": seen, "uint16": uint16, **(extra_meta or {})}
+    (out / "tokenizer_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out / "tokenizer.json"
