@@ -32,3 +32,4 @@ bench: setup
 	.venv/bin/python bench/bench_near_dedup.py
 	.venv/bin/python bench/bench_cluster_agreement.py
 	.venv/bin/python bench/bench_quality.py
+	.venv/bin/python bench/bench_tokenizer.py
