@@ -58,10 +58,21 @@ def _shard_stem(path: str) -> str:
     return name
 
 
+DATA_SUFFIXES = (".parquet", ".pq", ".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
+
+
 def list_shards(config: InputConfig) -> list[Shard]:
     """The input files, sorted by path: a stable corpus order independent of the file system."""
     paths: set[str] = set()
     for pattern in config.path:
+        if os.path.isdir(os.path.expanduser(pattern)):  # a folder: its data files (a run's OUT/kept, say)
+            folder = os.path.expanduser(pattern)
+            found = [os.path.join(folder, name) for name in os.listdir(folder)
+                     if name.lower().endswith(DATA_SUFFIXES) and not name.startswith(".")]
+            if not found:
+                raise InputError(f"no Parquet or JSONL files in folder {pattern}")
+            paths.update(os.path.abspath(p) for p in found)
+            continue
         matches = glob.glob(os.path.expanduser(pattern), recursive=True)
         if not matches and not glob.has_magic(pattern):
             raise InputError(f"input file not found: {pattern}")

@@ -114,3 +114,15 @@ def test_missing_input_is_named(tmp_path):
         list_shards(InputConfig(path=(str(tmp_path / "nope.jsonl"),)))
     with pytest.raises(InputError, match="no input files match"):
         list_shards(InputConfig(path=(str(tmp_path / "*.jsonl"),)))
+
+
+def test_a_folder_input_means_its_data_files(tmp_path):
+    rows = read_jsonl("en_gum_docs.jsonl.gz", 6)
+    write_parquet(tmp_path / "b.parquet", rows[3:])
+    write_jsonl(tmp_path / "a.jsonl", rows[:3])
+    (tmp_path / "notes.txt").write_text("not data")
+    shards = list_shards(InputConfig(path=(str(tmp_path),)))
+    assert [s.name for s in shards] == ["a", "b"]
+    with pytest.raises(InputError, match="no Parquet or JSONL files"):
+        (tmp_path / "empty").mkdir()
+        list_shards(InputConfig(path=(str(tmp_path / "empty"),)))
