@@ -1,0 +1,91 @@
+"""Fault injection: Ray worker processes killed (SIGKILL) at random points of a real run on all of
+../shared/data, again and again; the output must be identical to a clean in-process run."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import signal
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from conftest import DATA
+from test_executor import digest_folder, run
+
+STAGES = [{"name": "gopher_quality"}, {"name": "gopher_repetition"}, {"name": "c4"}, {"name": "fineweb"},
+          {"name": "exact_dedup", "partitions": 8}, {"name": "minhash_dedup", "partitions": 8}]
+# Processes of ours on Ray: stage actors ("ray::StageWorker...") and aggregate tasks ("ray::_bucket_edges", ...)
+VICTIMS = (b"ray::StageWorker", b"ray::_")
+
+
+def ray_worker_pids() -> list[int]:
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                    if handle.read().startswith(VICTIMS):
+                        pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+class Killer(threading.Thread):
+    """SIGKILLs one random worker of ours every 0.3-0.8 s until told to stop."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.rng, self.kills, self.running = random.Random(seed), 0, True
+        self.killed_names: list[str] = []
+
+    def run(self) -> None:
+        while self.running:
+            time.sleep(self.rng.uniform(0.3, 0.8))
+            pids = ray_worker_pids()
+            if not pids or not self.running:
+                continue
+            pid = self.rng.choice(pids)
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    name = handle.read().split(b"\0")[0].decode(errors="replace")
+                os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
+            self.kills += 1
+            self.killed_names.append(name)
+
+
+def test_twenty_random_worker_kills_give_identical_output(tmp_path, ray_instance):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rows = []
+    for path in sorted(DATA.glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            rows += [{"id": r["id"], "text": r["text"]} for r in map(json.loads, handle) if r["text"]]
+    for k in range(40):
+        pq.write_table(pa.Table.from_pylist(rows[k::40]), folder / f"part{k:02d}.parquet")
+    config = {"input": {"path": [str(folder / "*.parquet")]}, "stages": STAGES}
+    run({**config, "output": {"path": str(tmp_path / "clean")}, "executor": {"kind": "local"}})
+
+    killer = Killer(seed=5)
+    killer.start()
+    try:
+        stats = run({**config, "output": {"path": str(tmp_path / "faulted")},
+                     "executor": {"kind": "ray", "max_retries": 100}})
+    finally:
+        killer.running = False
+        killer.join()
+    retries = stats["executor"]["worker_retries"]
+    print(f"\nkills: {killer.kills} ({', '.join(sorted(set(killer.killed_names)))}); shard retries seen: {retries}")
+    assert killer.kills >= 20
+    assert retries >= 1
+    for part in ("kept", "rejected"):
+        assert digest_folder(tmp_path / "faulted" / part) == digest_folder(tmp_path / "clean" / part)
+    clean = json.loads((tmp_path / "clean" / "stats.json").read_text())
+    assert stats["output"] == clean["output"] and stats["input"] == clean["input"]
