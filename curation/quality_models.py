@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from curation.config import InputConfig
 from curation.io import list_shards, read_shard, write_json_atomic
-from curation.models import ModelError
+from curation.models import ModelError, check_fasttext_file, sha256_of
 
 
 def _text():
@@ -85,6 +85,14 @@ def check_kenlm_binary(path: Path) -> None:
             raise ModelError(f"{path} is an ARPA file, not a KenLM binary: convert it with "
                              f"`build_binary {path} OUT.binary` (or train with `curation train-lm`)")
         raise ModelError(f"{path} is not a KenLM binary model")
+
+
+def check_unchanged(path: Path, expected: str | None) -> None:
+    """A model file must be the one `train-lm` wrote (its sha256 is in quality.json): a file swapped or
+    damaged since is refused before a native loader reads it."""
+    if expected is not None and sha256_of(path) != expected:
+        raise ModelError(f"{path} does not match the sha256 recorded in {META} when it was trained: "
+                         "it was changed or damaged; train it again with `curation train-lm`")
 
 
 def _gold_texts(inputs: list[str], lang: str, text_column: str, lang_column: str | None) -> Iterator[pa.Array]:
@@ -246,7 +254,8 @@ def train_kenlm(job: KenlmTraining) -> dict:
     if not len(ppl):
         raise TrainError(f"no documents to compute the bucket cut-offs from ({'--calibrate' if job.calibrate else 'held-out gold'}"
                          f" is empty): give more gold documents or --calibrate")
-    entry = {"file": binary.name, "unigrams": f"{job.lang}.unigram.parquet", "order": job.order,
+    entry = {"file": binary.name, "sha256": sha256_of(binary), "unigrams": f"{job.lang}.unigram.parquet",
+             "unigrams_sha256": sha256_of(job.out / f"{job.lang}.unigram.parquet"), "order": job.order,
              "normalisation": lm_text.NORMALISATION_VERSION,
              "cjk_characters": cjk, "train_chars": chars, "train_docs": docs - len(held_out),
              # low perplexity is good: head is under the first cut-off; high lm_score is good: head is over
@@ -310,7 +319,7 @@ def train_classifier(lang: str, positive: list[str], negative: list[str], out: P
         model.save_model(str(tmp_model))
         target = out / f"{lang}.classifier.bin"
         os.replace(tmp_model, target)
-    entry = {"file": target.name, "normalisation": lm_text.NORMALISATION_VERSION, "cjk_characters": cjk,
+    entry = {"file": target.name, "sha256": sha256_of(target), "normalisation": lm_text.NORMALISATION_VERSION, "cjk_characters": cjk,
              "positive_docs": n, "negative_docs": n, "epoch": epoch, "word_ngrams": word_ngrams,
              "train_s": round(time.perf_counter() - started, 1)}
     _update_meta(out, "classifier", lang, entry)

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.models import ModelError
-from curation.quality_models import Unigrams, check_kenlm_binary, classifier_text, read_meta, score_documents
+from curation.models import ModelError, check_fasttext_file
+from curation.quality_models import Unigrams, check_kenlm_binary, check_unchanged, classifier_text, read_meta, score_documents
 from curation.stage import TEXT, Stage, drop_rows, live_mask, register_stage, set_column
 from curation.stages import lm_text
 
@@ -96,10 +96,12 @@ class PerplexityQuality(_PerLanguage):
         for lang, entry in meta.items():
             path = Path(self.config.model_dir) / entry["file"]
             check_kenlm_binary(path)
+            check_unchanged(path, entry.get("sha256"))
             _check_normalisation(entry, path)
             unigram_path = Path(self.config.model_dir) / entry["unigrams"]
             if not unigram_path.exists():
                 raise ModelError(f"{unigram_path} is missing (written by `curation train-lm` beside {path.name}): train again")
+            check_unchanged(unigram_path, entry.get("unigrams_sha256"))
             self._models[lang] = kenlm.Model(str(path))
             self._unigrams[lang] = Unigrams.load(unigram_path)
             self._entries[lang] = entry
@@ -171,6 +173,8 @@ class ClassifierQuality(_PerLanguage):
             if not path.exists():
                 raise ModelError(f"quality classifier {path} is missing: train it with `curation train-lm --kind classifier`")
             _check_normalisation(entry, path)
+            check_fasttext_file(path)
+            check_unchanged(path, entry.get("sha256"))
             try:
                 self._models[lang] = fasttext.load_model(str(path)).f
             except ValueError as exc:

@@ -175,6 +175,17 @@ def test_model_errors_say_what_to_do(tmp_path, english):
                        check=True)
     with pytest.raises(ModelError, match="is an ARPA file"):
         PerplexityQuality(model_dir=str(broken)).setup()
+    # a model file changed after training (here: the classifier replaced by another fastText file)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(english["models"], tampered)
+    from curation.models import lid_model_path
+
+    shutil.copy(lid_model_path(), tampered / "en.classifier.bin")
+    with pytest.raises(ModelError, match="does not match the sha256"):
+        ClassifierQuality(model_dir=str(tampered)).setup()
+    (tampered / "en.classifier.bin").write_bytes(b"not a model at all")
+    with pytest.raises(ModelError, match="not a fastText model"):
+        ClassifierQuality(model_dir=str(tampered)).setup()
     with pytest.raises(ModelError, match="no quality classifier"):
         only_lm = tmp_path / "only_lm"
         train_kenlm(KenlmTraining(lang="en", inputs=[str(english["gold"])], out=only_lm, order=3))
