@@ -154,7 +154,7 @@ def _read_jsonl(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
 
 def _read_parquet(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
     try:
-        parquet = pq.ParquetFile(shard.path)
+        parquet = pq.ParquetFile(shard.path, page_checksum_verification=True)  # pages with a CRC are checked
         for batch in parquet.iter_batches(batch_size=config.batch_rows):
             yield batch
     except (pa.ArrowException, OSError) as exc:
@@ -237,7 +237,7 @@ def read_shard(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
 
 def read_parquet_batches(path: str, batch_rows: int = 4096) -> Iterator[pa.RecordBatch]:
     """Our own intermediate files: trusted format, streamed."""
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(path, page_checksum_verification=True)
     yield from parquet.iter_batches(batch_size=batch_rows)
 
 
@@ -263,7 +263,8 @@ class AtomicParquetWriter:
 
     def _open(self, schema: pa.Schema) -> None:
         self.schema = schema
-        self._writer = pq.ParquetWriter(self.tmp_path, schema, compression=self.compression)
+        # CRC per page: a shard damaged or tampered with after it was written is refused when read back
+        self._writer = pq.ParquetWriter(self.tmp_path, schema, compression=self.compression, write_page_checksum=True)
 
     def write(self, data: pa.RecordBatch | pa.Table) -> None:
         if self._writer is None:

@@ -126,3 +126,17 @@ def test_a_folder_input_means_its_data_files(tmp_path):
     with pytest.raises(InputError, match="no Parquet or JSONL files"):
         (tmp_path / "empty").mkdir()
         list_shards(InputConfig(path=(str(tmp_path / "empty"),)))
+
+
+def test_our_parquet_has_page_checksums_and_a_damaged_page_is_refused(tmp_path):
+    rows = read_jsonl("en_gum_docs.jsonl.gz", 20)
+    writer = AtomicParquetWriter(tmp_path / "out.parquet", compression="none")
+    writer.write(pa.Table.from_pylist(rows))
+    writer.commit()
+    raw = bytearray((tmp_path / "out.parquet").read_bytes())
+    at = raw.find(rows[5]["text"][:40].encode())  # inside a data page
+    assert at > 0
+    raw[at] ^= 0x20  # one letter's case: the file stays well-formed, only the checksum can tell
+    (tmp_path / "out.parquet").write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="out.parquet"):
+        read_all(tmp_path / "out.parquet")
