@@ -9,7 +9,7 @@ import sys
 
 from curation.config import load_pipeline, with_overrides
 from curation.executor import PipelineError, RunOptions, run_pipeline
-from curation.io import InputError
+from curation.io import InputError, OutputError
 from curation.models import ModelError
 from curation.quality_models import TrainError
 from curation.tokenizer.sample import SampleError
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (InputError, PipelineError, ModelError, TrainError, TokenizerError, SampleError) as exc:
+    except (InputError, OutputError, PipelineError, ModelError, TrainError, TokenizerError, SampleError) as exc:
         print(f"curation: error: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # config problems

@@ -30,6 +30,10 @@ class InputError(ValueError):
     """Bad input: the message names the file and, where known, the row or line."""
 
 
+class OutputError(RuntimeError):
+    """An output cannot be written (disk full, no permission): the message names the folder."""
+
+
 @dataclass(frozen=True)
 class Shard:
     index: int  # position in the sorted input list: the corpus order that global stages use

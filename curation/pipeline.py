@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.config import InputConfig
-from curation.io import AtomicParquetWriter, InputError, Shard, read_parquet_batches, read_shard, write_json_atomic
+from curation.io import AtomicParquetWriter, InputError, OutputError, Shard, read_parquet_batches, read_shard, write_json_atomic
 from curation.stage import DROP_REASON, TEXT, BatchPosition, GlobalStage, Stage, live_mask, text_bytes
 from curation.stats import ShardStats, StageStats, stage_key
 
@@ -174,6 +174,12 @@ class ShardProcessor:
             for stage in segment.all_stages():
                 stage.metrics.clear()
             return {"error": str(exc)}
+        except OSError as exc:  # ENOSPC, EACCES, EROFS...: say so, and leave nothing a rerun would trust
+            for writer in writers:
+                writer.abort()
+            raise OutputError(f"{shard.path}: cannot write its output under {layout.root}: {exc} (disk full or "
+                              "folder not writable?). Nothing of this shard was committed: fix it and run again, "
+                              "finished shards are kept") from None
         except BaseException:
             for writer in writers:
                 writer.abort()
@@ -182,7 +188,11 @@ class ShardProcessor:
         stats.cpu_s = time.process_time() - cpu0
         result = {"stats": stats.to_dict()}
         # The marker is written last: its presence means every output of the shard is in place.
-        write_json_atomic(layout.marker(segment, shard), {"shard": shard.path, **result})
+        try:
+            write_json_atomic(layout.marker(segment, shard), {"shard": shard.path, **result})
+        except OSError as exc:
+            raise OutputError(f"{shard.path}: cannot write its completion marker under {layout.root}: {exc} "
+                              "(disk full or folder not writable?); the shard will run again") from None
         return result
 
     def _key_of(self, stage: Stage) -> str:

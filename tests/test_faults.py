@@ -89,3 +89,45 @@ def test_twenty_random_worker_kills_give_identical_output(tmp_path, ray_instance
         assert digest_folder(tmp_path / "faulted" / part) == digest_folder(tmp_path / "clean" / part)
     clean = json.loads((tmp_path / "clean" / "stats.json").read_text())
     assert stats["output"] == clean["output"] and stats["input"] == clean["input"]
+
+
+def _mount_tmpfs(folder, size: str) -> bool:
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+def test_disk_full_fails_clearly_and_a_rerun_after_more_space_is_identical(tmp_path):
+    import subprocess
+
+    import pytest
+
+    from curation.io import OutputError
+
+    out = tmp_path / "small"
+    if not _mount_tmpfs(out, "3m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root); the disk-full case is not testable")
+    try:
+        folder = tmp_path / "in"
+        folder.mkdir()
+        rows = []
+        for name in ("zh_msra_news.jsonl.gz", "en_wikitext2_valid_test.jsonl.gz", "web_commoncrawl_samples.jsonl.gz"):
+            rows += [{"id": r["id"], "text": r["text"]} for r in __import__("conftest").read_jsonl(name) if r["text"]]
+        for k in range(6):
+            pq.write_table(pa.Table.from_pylist(rows[k::6]), folder / f"part{k}.parquet", compression="none")
+        config = {"input": {"path": [str(folder / "*.parquet")]}, "executor": {"kind": "local"},
+                  "output": {"compression": "none"}, "stages": [{"name": "gopher_quality"}, {"name": "exact_dedup"}]}
+        run({**config, "output": {**config["output"], "path": str(tmp_path / "clean")}})
+        with pytest.raises(OutputError, match="disk full or folder not writable"):
+            run({**config, "output": {**config["output"], "path": str(out / "run")}})
+        leftovers = [p for p in (out / "run").rglob("*") if ".tmp-" in p.name]
+        assert not leftovers, leftovers  # nothing half-written survives
+        assert not (out / "run" / "stats.json").exists()
+        subprocess.run(["mount", "-o", "remount,size=200m", str(out)], check=True)
+        run({**config, "output": {**config["output"], "path": str(out / "run")}})
+        for part in ("kept", "rejected"):
+            assert digest_folder(out / "run" / part) == digest_folder(tmp_path / "clean" / part)
+    finally:
+        subprocess.run(["umount", str(out)], capture_output=True)
