@@ -57,6 +57,7 @@ class ExecutorConfig:
     num_workers: int | None = None  # stage actors (default: one per CPU Ray offers)
     address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001", "host:6379")
     max_retries: int = 3  # times a shard is retried after its worker died
+    start_timeout_s: float = 600  # fail when no stage worker can start (no free CPU) for this long
     dashboard: bool = True  # the local instance's Ray dashboard and state API (`ray list actors`)
 
     def __post_init__(self) -> None:

@@ -123,22 +123,48 @@ class RayBackend:
         worker_cls = ray.remote(num_cpus=1, max_restarts=0)(StageWorker)
         pending = list(reversed(shards))  # pop() takes them in corpus order
         attempts: dict[int, int] = {}
-        idle = [worker_cls.remote(processor) for _ in range(self._worker_count(len(shards)))]
+        idle: list[Any] = []
         running: dict[Any, tuple[Any, Shard]] = {}
+        # Actors get work only once started (set up): after a node is lost, an actor that cannot be placed
+        # waits here without holding a shard, and the others carry on.
+        starting: dict[Any, Any] = {}
+
+        def start_actor() -> None:
+            actor = worker_cls.remote(processor)
+            starting[actor.__ray_ready__.remote()] = actor
+
+        for _ in range(self._worker_count(len(shards))):
+            start_actor()
         try:
             while (pending and not stop()) or running:
                 while pending and idle and not stop():
                     actor = idle.pop()
                     shard = pending.pop()
                     running[actor.process.remote(shard)] = (actor, shard)
-                done, _ = ray.wait(list(running), num_returns=1)
+                timeout = None if running else self.config.start_timeout_s
+                done, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=timeout)
+                if not done:
+                    raise PipelineError(f"no stage worker could start in {timeout:.0f} s: the cluster has no free "
+                                        "CPU for one (executor.start_timeout_s)")
                 ref = done[0]
+                if ref in starting:
+                    actor = starting.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except RayActorError as exc:
+                        if getattr(exc, "actor_init_failed", False):  # setup() raised: a config or model error
+                            raise PipelineError(f"a stage worker failed to set up: {exc}") from None
+                        if len(idle) + len(running) + len(starting) < self._worker_count(len(pending) + len(running)):
+                            start_actor()  # killed while starting: another one
+                        continue
+                    idle.append(actor)
+                    continue
                 actor, shard = running.pop(ref)
                 try:
                     result = ray.get(ref)
                 except (RayActorError, WorkerCrashedError) as exc:
                     # The worker died (killed, out of memory, node lost): nothing of the shard was
-                    # committed, so it runs again from the start on a new actor.
+                    # committed, so it runs again from the start on another actor.
                     attempts[shard.index] = attempts.get(shard.index, 0) + 1
                     self._retries += 1
                     if attempts[shard.index] > self.config.max_retries:
@@ -147,15 +173,14 @@ class RayBackend:
                         ) from None
                     log.warning("worker died on %s (attempt %d), retrying: %s", shard.name, attempts[shard.index], exc)
                     ray.kill(actor, no_restart=True)
-                    idle.append(worker_cls.remote(processor))
                     pending.append(shard)
+                    if len(idle) + len(running) + len(starting) < self._worker_count(len(pending) + len(running)):
+                        start_actor()
                     continue
                 idle.append(actor)
                 yield shard, result
         finally:
-            for actor, _ in running.values():
-                ray.kill(actor, no_restart=True)
-            for actor in idle:
+            for actor in [a for a, _ in running.values()] + idle + list(starting.values()):
                 ray.kill(actor, no_restart=True)
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:

@@ -131,3 +131,58 @@ def test_disk_full_fails_clearly_and_a_rerun_after_more_space_is_identical(tmp_p
             assert digest_folder(out / "run" / part) == digest_folder(tmp_path / "clean" / part)
     finally:
         subprocess.run(["umount", str(out)], capture_output=True)
+
+
+NODE_LOSS_SCRIPT = r"""
+import json, sys, threading, time
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+from curation.config import pipeline_from_dict
+from curation.executor import RunOptions, run_pipeline
+
+config, out = json.loads(sys.argv[1]), Path(sys.argv[2])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+doomed = cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address, logging_level="ERROR")
+cluster.wait_for_nodes()
+
+def stop_a_node():
+    markers = out / "_state" / "segment0"
+    while len(list(markers.glob("*.json"))) < 4:
+        time.sleep(0.05)
+    cluster.remove_node(doomed, allow_graceful=False)  # the node and every worker on it are gone
+    print("node removed", flush=True)
+
+threading.Thread(target=stop_a_node, daemon=True).start()
+stats = run_pipeline(pipeline_from_dict({**config, "output": {"path": str(out)}}), RunOptions(progress=False))
+print(json.dumps({"retries": stats["executor"]["worker_retries"]}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_a_node_of_a_local_cluster_stops_mid_run(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rows = []
+    for path in sorted(DATA.glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            rows += [{"id": r["id"], "text": r["text"]} for r in map(json.loads, handle) if r["text"]]
+    for k in range(24):
+        pq.write_table(pa.Table.from_pylist(rows[k::24]), folder / f"part{k:02d}.parquet")
+    config = {"input": {"path": [str(folder / "*.parquet")]}, "executor": {"kind": "ray", "max_retries": 5},
+              "stages": [{"name": "gopher_repetition"}, {"name": "fineweb"}, {"name": "exact_dedup", "partitions": 4}]}
+    run({**config, "executor": {"kind": "local"}, "output": {"path": str(tmp_path / "clean")}})
+    result = subprocess.run([sys.executable, "-c", NODE_LOSS_SCRIPT, json.dumps(config), str(tmp_path / "cluster")],
+                            capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "node removed" in result.stdout
+    report = json.loads(next(line for line in result.stdout.splitlines() if line.startswith('{"retries"')))
+    print(f"\nnode stopped mid-run; shard retries: {report['retries']}")
+    assert report["retries"] >= 1  # the shard the lost node held ran again on the head node
+    for part in ("kept", "rejected"):
+        assert digest_folder(tmp_path / "cluster" / part) == digest_folder(tmp_path / "clean" / part)
