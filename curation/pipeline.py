@@ -99,8 +99,10 @@ class Layout:
 class ShardProcessor:
     """Runs one segment of the pipeline over whole shards; lives in a worker (Ray actor or in-process)."""
 
-    def __init__(self, segment: Segment, input_config: InputConfig, layout: Layout, compression: str) -> None:
+    def __init__(self, segment: Segment, input_config: InputConfig, layout: Layout, compression: str,
+                 write_documents: bool = True) -> None:
         self.segment = segment
+        self.write_documents = write_documents
         self.input_config = input_config
         self.layout = layout
         self.compression = compression
@@ -118,7 +120,9 @@ class ShardProcessor:
         segment, layout = self.segment, self.layout
         wall0, cpu0 = time.perf_counter(), time.process_time()
         stats = ShardStats()
-        if segment.is_last:
+        if segment.is_last and not self.write_documents:
+            outputs = {}
+        elif segment.is_last:
             outputs = {
                 "kept": AtomicParquetWriter(layout.kept(shard), self.compression),
                 "rejected": AtomicParquetWriter(layout.rejected(shard), self.compression),
@@ -253,6 +257,8 @@ class ShardProcessor:
         stats.kept_docs += kept.num_rows
         stats.kept_bytes += text_bytes(kept)
         stats.rejected_docs += rejected.num_rows
+        if not outputs:  # output.documents: false
+            return
         if outputs["kept"].schema is None:
             outputs["kept"].schema = kept.schema
             outputs["rejected"].schema = rejected.schema

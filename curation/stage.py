@@ -123,8 +123,10 @@ class AggregateContext:
         keys_paths: list[str],
         map_fn: Callable[[Callable[..., Any], Iterable[Any]], list[Any]],
         keys_shards: list[int] | None = None,
+        output_dir: str | None = None,
     ) -> None:
         self.work_dir = work_dir
+        self.output_dir = output_dir  # the run's output folder (stages that write outputs of their own)
         self.shard_names = shard_names
         self.keys_paths = keys_paths
         # the shard index (corpus order) of each keys file, as BatchPosition.shard_index gave it

@@ -32,7 +32,7 @@ fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 echo "kenlm: building lmplz and build_binary $VERSION (about a minute)"
-"$PYTHON" -m pip download --quiet --no-deps --no-binary :all: "kenlm==$VERSION" -d "$work"
+"$PYTHON" -m pip download --quiet --no-deps --no-binary kenlm "kenlm==$VERSION" -d "$work"
 tar -xzf "$work/kenlm-$VERSION.tar.gz" -C "$work"
 cmake -S "$work/kenlm-$VERSION" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DKENLM_MAX_ORDER=7 >"$work/cmake.log" 2>&1 \
   || { cat "$work/cmake.log"; exit 1; }

@@ -13,6 +13,8 @@ from curation.stages import (  # noqa: F401  (registration)
     lid,
     minhash_dedup,
     noop,
+    pack,
     paragraph_dedup,
     quality,
+    tokenize,
 )
