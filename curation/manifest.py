@@ -1,0 +1,318 @@
+"""Phase-mixing manifests: which packed sequences each training phase reads.
+
+`PHASES.yaml` (read with a safe loader) names the packed sources and an ordered list of phases:
+
+```yaml
+root: ../out/demo/packed        # a `curation pack` output; relative to this file
+seed: 0                         # fixes each source's sequence order (the same for every phase)
+sources:
+  web:  {}                      # folder `web` under root
+  wiki: {path: wiki, max_epochs: 2}   # may be repeated up to 2 epochs
+phases:
+  - {name: phase1, tokens: 4_000_000, seed: 1, weights: {web: 0.8, wiki: 0.2}}
+  - {name: phase2, tokens: 2_000_000, seed: 2, weights: {web: 0.4, wiki: 0.6}}
+```
+
+Weights count tokens (sequences of `seq_len`, padding included) and sum to 1. Each source has one fixed
+order of its sequences (a hash of the seed and the sequence number, sorted: the same on every machine
+and numpy version). Phases take consecutive runs of that order, so a phase never gets a sequence an
+earlier phase was given, whatever the ratios; a source that runs out is an error naming the phase, the
+source and the tokens missing, unless `max_epochs` lets it start over (a new order per epoch).
+
+`manifest.json` is versioned (`schema_version`), names every shard with its checksums and sequence
+count, and per phase and source the runs `{epoch, start, count}` of that order. Paths are relative to
+`root`, and the loader refuses any that would leave it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from curation.tokenizer.shards import ShardError, read_meta, sha256_file
+
+SCHEMA_VERSION = 1
+WEIGHT_TOLERANCE = 1e-6
+
+
+class ManifestError(ValueError):
+    """A phases config or manifest is wrong; the message says where and what to do."""
+
+
+# --- the fixed order of a source's sequences ---------------------------------------------------------
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def source_seed(seed: int, source: str, epoch: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{source}/{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def sequence_order(n: int, seed: int) -> np.ndarray:
+    """A permutation of range(n) defined by our own hash (not numpy's generators, whose streams may
+    change between versions): the sequences sorted by splitmix64(seed + i)."""
+    keys = _splitmix64(np.arange(n, dtype=np.uint64) + np.uint64(seed))
+    return np.argsort(keys, kind="stable").astype(np.int64)
+
+
+# --- building -----------------------------------------------------------------------------------------
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # never yaml.load: configs are untrusted
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: a phases config is a mapping with root, sources and phases")
+    return raw
+
+
+def _inside(root: Path, relative: str, what: str) -> Path:
+    """root/relative, refusing absolute paths and any that leave root (.., links)."""
+    if os.path.isabs(relative) or relative.startswith("~"):
+        raise ManifestError(f"{what}: path {relative!r} must be relative to the manifest root")
+    resolved = (root / relative).resolve()
+    if resolved != root.resolve() and root.resolve() not in resolved.parents:
+        raise ManifestError(f"{what}: path {relative!r} leaves the manifest root {root}")
+    return resolved
+
+
+def _scan_source(root: Path, name: str, folder: str) -> dict[str, Any]:
+    path = _inside(root, folder, f"source {name!r}")
+    if not path.is_dir():
+        raise ManifestError(f"source {name!r}: folder {path} does not exist (packed shards of `curation pack`)")
+    from curation.tokenizer.shards import list_shard_names
+
+    shards = []
+    for shard in list_shard_names(path):
+        meta = read_meta(path, shard)
+        shards.append({"path": f"{folder}/{shard}", "sequences": meta["sequences"], "tokens": meta["tokens"],
+                       "bin_sha256": meta["bin_sha256"], "index_sha256": meta["index_sha256"],
+                       "seq_len": meta["seq_len"], "dtype": meta["dtype"], "tokenizer_sha256": meta["tokenizer_sha256"]})
+    shards = [s for s in shards if s["sequences"]]
+    if not shards:
+        raise ManifestError(f"source {name!r}: no packed sequences in {path}")
+    return {"shards": shards}
+
+
+def _split_sequences(total: int, weights: dict[str, float]) -> dict[str, int]:
+    """Largest remainder: sequences per source summing to `total`."""
+    exact = {s: w * total for s, w in weights.items()}
+    counts = {s: int(math.floor(v)) for s, v in exact.items()}
+    left = total - sum(counts.values())
+    for source in sorted(exact, key=lambda s: (-(exact[s] - counts[s]), s))[:left]:
+        counts[source] += 1
+    return counts
+
+
+def build_manifest(phases_path: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """Read PHASES.yaml, allocate each phase's sequences, return the manifest (and write it to `out`)."""
+    phases_path = Path(phases_path)
+    raw = _load_yaml(phases_path)
+    unknown = set(raw) - {"root", "seed", "sources", "phases"}
+    if unknown:
+        raise ManifestError(f"{phases_path}: unknown key(s) {sorted(unknown)}; allowed: root, seed, sources, phases")
+    if "root" not in raw:
+        raise ManifestError(f"{phases_path}: `root` (the packed shards folder) is required")
+    root = (phases_path.parent / str(raw["root"])).resolve()
+    seed = int(raw.get("seed", 0))
+    sources_raw = raw.get("sources") or {}
+    if not isinstance(sources_raw, dict) or not sources_raw:
+        raise ManifestError(f"{phases_path}: `sources` must map source names to {{path, max_epochs}}")
+    sources: dict[str, Any] = {}
+    for name, spec in sources_raw.items():
+        spec = spec or {}
+        if not isinstance(spec, dict) or set(spec) - {"path", "max_epochs"}:
+            raise ManifestError(f"{phases_path}: source {name!r}: give {{path: FOLDER, max_epochs: N}}")
+        max_epochs = int(spec.get("max_epochs", 1))
+        if max_epochs < 1:
+            raise ManifestError(f"source {name!r}: max_epochs must be at least 1")
+        entry = _scan_source(root, name, str(spec.get("path", name)))
+        entry["sequences"] = sum(s["sequences"] for s in entry["shards"])
+        entry["tokens"] = sum(s["tokens"] for s in entry["shards"])
+        entry["max_epochs"] = max_epochs
+        sources[name] = entry
+    seq_lens = {s["seq_len"] for e in sources.values() for s in e["shards"]}
+    dtypes = {s["dtype"] for e in sources.values() for s in e["shards"]}
+    tokenizers = {s["tokenizer_sha256"] for e in sources.values() for s in e["shards"]}
+    if len(seq_lens) != 1 or len(dtypes) != 1 or len(tokenizers) != 1:
+        raise ManifestError(f"sources mix sequence lengths {sorted(seq_lens)}, dtypes {sorted(dtypes)} or tokenizers "
+                            f"({len(tokenizers)}): pack every source with the same tokenizer and --seq-len")
+    seq_len = seq_lens.pop()
+    for entry in sources.values():
+        for shard in entry["shards"]:
+            for key in ("seq_len", "dtype", "tokenizer_sha256"):
+                shard.pop(key)
+
+    phases_raw = raw.get("phases")
+    if not isinstance(phases_raw, list) or not phases_raw:
+        raise ManifestError(f"{phases_path}: `phases` must be a list of {{name, tokens, weights, seed}}")
+    used = {name: 0 for name in sources}  # positions of each source's order given out so far
+    phases = []
+    names = set()
+    for number, phase in enumerate(phases_raw):
+        where = f"phase {phase.get('name', number) if isinstance(phase, dict) else number}"
+        if not isinstance(phase, dict) or set(phase) - {"name", "tokens", "weights", "seed"}:
+            raise ManifestError(f"{phases_path}: {where}: give name, tokens, weights and seed")
+        name = str(phase.get("name", f"phase{number + 1}"))
+        where = f"phase {name!r}"
+        if name in names:
+            raise ManifestError(f"{phases_path}: two phases are called {name!r}")
+        names.add(name)
+        weights = phase.get("weights") or {}
+        if not isinstance(weights, dict) or not weights:
+            raise ManifestError(f"{where}: `weights` must map sources to shares of the phase's tokens")
+        missing = sorted(set(weights) - set(sources))
+        if missing:
+            raise ManifestError(f"{where}: asks for source(s) {missing} that do not exist; sources are {sorted(sources)}")
+        if any(float(w) < 0 for w in weights.values()):
+            raise ManifestError(f"{where}: weights must not be negative")
+        total_weight = sum(float(w) for w in weights.values())
+        if abs(total_weight - 1.0) > WEIGHT_TOLERANCE:
+            raise ManifestError(f"{where}: weights sum to {total_weight:.6g}, not 1 (they are shares of the phase's tokens)")
+        tokens = int(phase.get("tokens", 0))
+        if tokens <= 0:
+            raise ManifestError(f"{where}: `tokens` (the phase's token budget) must be positive")
+        total_sequences = max(1, math.ceil(tokens / seq_len))
+        counts = _split_sequences(total_sequences, {s: float(w) for s, w in weights.items() if float(w) > 0})
+        allocation = {}
+        for source, count in sorted(counts.items()):
+            if count == 0:
+                continue
+            entry = sources[source]
+            available = entry["sequences"] * entry["max_epochs"] - used[source]
+            if count > available:
+                short = count - available
+                raise ManifestError(
+                    f"{where}: source {source!r} runs out: it needs {count:,} sequences ({count * seq_len:,} tokens) but "
+                    f"only {available:,} are left after earlier phases; {short * seq_len:,} tokens are missing. Lower the "
+                    f"phase's tokens or weight, add data, or allow repeats with `max_epochs` (now {entry['max_epochs']})")
+            runs, position = [], used[source]
+            while count:
+                epoch, start = divmod(position, entry["sequences"])
+                take = min(count, entry["sequences"] - start)
+                runs.append({"epoch": epoch, "start": start, "count": take})
+                position += take
+                count -= take
+            used[source] = position
+            allocation[source] = runs
+        phases.append({"name": name, "tokens": tokens, "seed": int(phase.get("seed", number)),
+                       "weights": {s: float(w) for s, w in weights.items()}, "sequences": total_sequences,
+                       "allocation": allocation})
+
+    out_dir = Path(out).resolve().parent if out else phases_path.parent.resolve()
+    manifest = {"schema_version": SCHEMA_VERSION, "root": os.path.relpath(root, out_dir), "seed": seed,
+                "seq_len": seq_len, "dtype": dtypes.pop(), "tokenizer_sha256": tokenizers.pop(),
+                "sources": sources, "phases": phases}
+    if out:
+        from curation.io import write_json_atomic
+
+        write_json_atomic(out, manifest)
+    return manifest
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+def load_manifest(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """(manifest, resolved root); refuses newer schemas and paths outside the root."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or "schema_version" not in manifest:
+        raise ManifestError(f"{path}: not a curation manifest (no schema_version)")
+    version = manifest["schema_version"]
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ManifestError(f"{path}: schema_version {version!r} is newer than this curation reads ({SCHEMA_VERSION}): "
+                            "upgrade curation")
+    for key in ("root", "seq_len", "dtype", "sources", "phases"):
+        if key not in manifest:
+            raise ManifestError(f"{path}: `{key}` is missing")
+    root = (path.resolve().parent / str(manifest["root"])).resolve()
+    for name, entry in manifest["sources"].items():
+        for shard in entry["shards"]:
+            _inside(root, str(shard["path"]), f"{path}: source {name!r}")
+        if entry["sequences"] != sum(int(s["sequences"]) for s in entry["shards"]):
+            raise ManifestError(f"{path}: source {name!r}: sequence counts do not add up")
+    for phase in manifest["phases"]:
+        for source, runs in phase["allocation"].items():
+            if source not in manifest["sources"]:
+                raise ManifestError(f"{path}: phase {phase['name']!r} reads source {source!r}, which the manifest lacks")
+            n = manifest["sources"][source]["sequences"]
+            for run in runs:
+                if not (0 <= run["start"] and run["start"] + run["count"] <= n and run["count"] > 0 and run["epoch"] >= 0):
+                    raise ManifestError(f"{path}: phase {phase['name']!r}: source {source!r}: run {run} is out of range")
+    return manifest, root
+
+
+def phase_of(manifest: dict[str, Any], name: str) -> dict[str, Any]:
+    for phase in manifest["phases"]:
+        if phase["name"] == name:
+            return phase
+    raise ManifestError(f"no phase {name!r} in the manifest; phases: {[p['name'] for p in manifest['phases']]}")
+
+
+def validate(path: str | Path) -> list[str]:
+    """Every shard exists with the checksums and counts the manifest records; returns the problems."""
+    manifest, root = load_manifest(path)
+    problems = []
+    for name, entry in manifest["sources"].items():
+        for shard in entry["shards"]:
+            base = _inside(root, shard["path"], f"source {name!r}")
+            try:
+                meta = read_meta(base.parent, base.name)
+            except ShardError as exc:
+                problems.append(str(exc))
+                continue
+            for suffix, key in ((".bin", "bin_sha256"), (".index.parquet", "index_sha256")):
+                file = base.parent / f"{base.name}{suffix}"
+                if not file.exists():
+                    problems.append(f"{file} is missing")
+                elif sha256_file(file) != shard[key]:
+                    problems.append(f"{file}: sha256 does not match the manifest (changed or damaged)")
+            if meta["sequences"] != shard["sequences"]:
+                problems.append(f"{base}: {meta['sequences']} sequences, the manifest says {shard['sequences']}")
+    return problems
+
+
+def show(manifest: dict[str, Any]) -> str:
+    """Tokens per source and phase, as a table."""
+    seq_len = manifest["seq_len"]
+    sources = list(manifest["sources"])
+    header = ["phase", *sources, "total"]
+    rows = [header]
+    for phase in manifest["phases"]:
+        counts = {s: sum(r["count"] for r in phase["allocation"].get(s, [])) for s in sources}
+        total = sum(counts.values())
+        rows.append([phase["name"], *[f"{counts[s] * seq_len / 1e6:,.2f}M ({counts[s] / max(total, 1):.0%})" for s in sources],
+                     f"{total * seq_len / 1e6:,.2f}M"])
+    used = {s: sum(r["count"] for p in manifest["phases"] for r in p["allocation"].get(s, [])) for s in sources}
+    rows.append(["available", *[f"{manifest['sources'][s]['sequences'] * seq_len / 1e6:,.2f}M x{manifest['sources'][s]['max_epochs']}"
+                                for s in sources], ""])
+    rows.append(["left", *[f"{(manifest['sources'][s]['sequences'] * manifest['sources'][s]['max_epochs'] - used[s]) * seq_len / 1e6:,.2f}M"
+                           for s in sources], ""])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return f"tokens per phase and source (seq_len {seq_len}, {manifest['dtype']})\n" + "\n".join(lines)
