@@ -4,20 +4,10 @@
 setup:
 	@bash scripts/setup.sh
 
-DATA := ../shared/data
-MODELS := out/models
-
-demo: setup $(MODELS)/quality.json
+# The main job: quality models (trained when out/models lacks them), curation, tokenizer, packing,
+# a two-phase manifest and out/demo/report.html, all from manifests/demo.yaml.
+demo: setup
 	.venv/bin/curation run manifests/demo.yaml
-
-# Quality models for the demo, trained on gold text from ../shared/data (never shipped in the package):
-# English WikiText + GUM and Chinese MSRA news + UD wiki for KenLM; gold vs the Common Crawl sample for
-# the English classifier.
-$(MODELS)/quality.json:
-	.venv/bin/curation train-lm --lang en --out $(MODELS) $(DATA)/en_wikitext2_valid_test.jsonl.gz $(DATA)/en_gum_docs.jsonl.gz
-	.venv/bin/curation train-lm --lang zh --out $(MODELS) $(DATA)/zh_msra_news.jsonl.gz $(DATA)/zh_ud_gsdsimp_wiki.jsonl.gz
-	.venv/bin/curation train-lm --kind classifier --lang en --out $(MODELS) --negative $(DATA)/web_commoncrawl_samples.jsonl.gz \
-		-- $(DATA)/en_wikitext2_valid_test.jsonl.gz $(DATA)/en_gum_docs.jsonl.gz
 
 test: setup
 	.venv/bin/pytest -q tests
@@ -33,3 +23,6 @@ bench: setup
 	.venv/bin/python bench/bench_cluster_agreement.py
 	.venv/bin/python bench/bench_quality.py
 	.venv/bin/python bench/bench_tokenizer.py
+	.venv/bin/python bench/bench_loader.py
+	.venv/bin/python bench/bench_pack.py
+	.venv/bin/python bench/bench_peer.py

@@ -23,10 +23,21 @@ log = logging.getLogger("curation")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    config = with_overrides(load_pipeline(args.pipeline), output=args.output, executor=args.executor,
-                            address=args.address)
+    from curation.job import is_job, load_job, run_job
+
     options = RunOptions(skip_bad_shards=args.skip_bad_shards, overwrite=args.overwrite,
                          progress=not args.no_progress and sys.stderr.isatty() or args.progress)
+    if is_job(args.pipeline):  # curation plus tokenizer, packing, manifest, report
+        job = load_job(args.pipeline, output=args.output, executor=args.executor, address=args.address)
+        record = run_job(job, options)
+        print(format_table(json.loads((job.out / "stats.json").read_text())))
+        print("steps: " + ", ".join(f"{k} {v:.0f} s" for k, v in record["steps"].items()))
+        for name in ("kept", "packed", "manifest.json", "report.html"):
+            if (job.out / name).exists():
+                print(f"  {job.out / name}")
+        return 0
+    config = with_overrides(load_pipeline(args.pipeline), output=args.output, executor=args.executor,
+                            address=args.address)
     stats = run_pipeline(config, options)
     print(format_table(stats))
     print(f"outputs: {config.output.path}/kept, {config.output.path}/rejected; stats: {config.output.path}/stats.json")

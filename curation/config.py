@@ -33,12 +33,21 @@ class InputConfig:
     batch_rows: int = 4096  # rows per record batch for Parquet input
     block_bytes: int = 4 << 20  # JSONL block size: the reader's batches hold about this many bytes
     empty_text: str = "error"  # a null or empty text: "error" names file and row, "drop" rejects it
+    # name -> globs: each input file belongs to the first source whose globs match it; every row gets
+    # that name in `source_column` (packing and tokenizer sampling go per source). Files may be given
+    # here only, without `path`.
+    sources: dict[str, tuple[str, ...]] | None = None
+    source_column: str = "dataset"
 
     def __post_init__(self) -> None:
         if self.format not in INPUT_FORMATS:
             raise ValueError(f"input.format must be one of {INPUT_FORMATS}, got {self.format!r}")
         if self.empty_text not in EMPTY_TEXT_POLICIES:
             raise ValueError(f"input.empty_text must be one of {EMPTY_TEXT_POLICIES}, got {self.empty_text!r}")
+        if self.sources is not None:
+            if not isinstance(self.sources, dict) or not self.sources:
+                raise ValueError("input.sources maps source names to globs of their files")
+            object.__setattr__(self, "sources", {str(k): tuple([v] if isinstance(v, str) else v) for k, v in self.sources.items()})
         if self.batch_rows < 1 or self.block_bytes < 1024:
             raise ValueError("input.batch_rows must be >= 1 and input.block_bytes >= 1024")
 
@@ -102,7 +111,10 @@ def pipeline_from_dict(raw: Any, where: str = "<dict>") -> PipelineConfig:
         raise ValueError(f"{where}: unknown top-level key(s): {', '.join(unknown)}")
     raw_input = dict(raw.get("input") or {})
     if "path" not in raw_input:
-        raise ValueError(f"{where}: input.path is required")
+        sources = raw_input.get("sources")
+        if not isinstance(sources, dict) or not sources:
+            raise ValueError(f"{where}: input.path (or input.sources) is required")
+        raw_input["path"] = [g for globs in sources.values() for g in ([globs] if isinstance(globs, str) else globs)]
     paths = raw_input["path"]
     raw_input["path"] = tuple([paths] if isinstance(paths, str) else paths)
     if "output" not in raw or "path" not in (raw.get("output") or {}):

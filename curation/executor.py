@@ -120,10 +120,7 @@ class RayBackend:
         import ray
         from ray.exceptions import RayActorError, WorkerCrashedError
 
-        # One tokenizers (Rayon) thread per actor: an actor holds one CPU, and more threads would only
-        # fight the other actors for the same cores.
-        worker_cls = ray.remote(num_cpus=1, max_restarts=0,
-                                runtime_env={"env_vars": {"RAYON_NUM_THREADS": "1"}})(StageWorker)
+        worker_cls = ray.remote(num_cpus=1, max_restarts=0)(StageWorker)
         pending = list(reversed(shards))  # pop() takes them in corpus order
         attempts: dict[int, int] = {}
         idle: list[Any] = []
@@ -189,8 +186,7 @@ class RayBackend:
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
         import ray
 
-        remote = ray.remote(num_cpus=1, max_retries=self.config.max_retries,
-                            runtime_env={"env_vars": {"RAYON_NUM_THREADS": "1"}})(fn)
+        remote = ray.remote(num_cpus=1, max_retries=self.config.max_retries)(fn)
         return ray.get([remote.remote(item) for item in items])
 
 
@@ -198,6 +194,9 @@ class StageWorker:
     """The Ray actor: stages are set up once when the actor starts, then shards stream through it."""
 
     def __init__(self, processor: ShardProcessor) -> None:
+        # One tokenizers (Rayon) thread per actor: an actor holds one CPU, and more threads would only
+        # fight the other actors for the same cores. Read when the pool starts, at the first encode.
+        os.environ.setdefault("RAYON_NUM_THREADS", "1")
         self.processor = processor
         self.processor.setup()
 

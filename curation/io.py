@@ -41,6 +41,20 @@ class Shard:
     name: str  # output file stem, unique within a run
     format: str
     size: int
+    source: str | None = None  # from input.sources
+
+
+def _source_of(path: str, config: InputConfig) -> str | None:
+    if not config.sources:
+        return None
+    import fnmatch
+
+    for name, patterns in config.sources.items():
+        for pattern in patterns:
+            full = os.path.abspath(os.path.expanduser(pattern))
+            if fnmatch.fnmatch(path, full) or fnmatch.fnmatch(path, os.path.join(full, "*")):
+                return name
+    raise InputError(f"{path} is in input.path but in none of input.sources ({', '.join(config.sources)})")
 
 
 def shard_format(path: str, configured: str) -> str:
@@ -92,7 +106,8 @@ def list_shards(config: InputConfig) -> list[Shard]:
         seen = stems.get(stem, 0)
         stems[stem] = seen + 1
         name = stem if seen == 0 else f"{stem}-{seen}"
-        shards.append(Shard(index, path, name, shard_format(path, config.format), os.path.getsize(path)))
+        shards.append(Shard(index, path, name, shard_format(path, config.format), os.path.getsize(path),
+                            _source_of(path, config)))
     return shards
 
 
@@ -221,10 +236,15 @@ def _normalise(batch: pa.RecordBatch, shard: Shard, config: InputConfig, row_off
     skip = {config.text_column, DROP_REASON, TEXT, ID}
     if config.id_column:
         skip.add(config.id_column)
+    if shard.source is not None:
+        skip.add(config.source_column)
     others = [(name, batch.column(name)) for name in names if name not in skip]
+    if shard.source is not None:
+        others.append((config.source_column, pa.array([shard.source] * batch.num_rows, pa.string())))
     columns = [ids, text, reasons] + [col for _, col in others]
     fields = [pa.field(ID, pa.string()), pa.field(TEXT, pa.string()), pa.field(DROP_REASON, pa.string())]
-    fields += [batch.schema.field(name) for name, _ in others]
+    fields += [batch.schema.field(name) if name in batch.schema.names and not (shard.source is not None and name == config.source_column)
+               else pa.field(name, pa.string()) for name, _ in others]
     return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
 
 

@@ -12,6 +12,17 @@ EXTRAS=${EXTRAS:-dev,lid,quality,loader,report}
 # the repository (its own quick check, so it runs before the stamp).
 PYTHON="$PYTHON" scripts/build_kenlm.sh
 
+# Headless Chromium for the report test (tests/test_job.py renders OUT/report.html), from Debian.
+if [[ ",$EXTRAS," == *",dev,"* ]] && ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium (the report test renders the page headless)"
+    SUDO=""
+    [[ "$(id -u)" == 0 ]] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || {
+        $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null
+    }
+fi
+
 stamp=.venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-$EXTRAS
 if [ -f "$stamp" ]; then
     exit 0

@@ -37,6 +37,10 @@ class LanguageID(Stage):
         min_scores: dict[str, float] = dataclasses.field(default_factory=lambda: {"en": 0.7})
         routes: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=lambda: {"en": ("en",), "zh": ("zh",)})
         keep_languages: tuple[str, ...] | None = None  # drop the rest with reason "lang"
+        # Sources whose language is known, e.g. {code: code}: their rows get that lang and lang_group
+        # (score 1) instead of a guess (lid.176 calls most code English, and English rules would drop it).
+        source_languages: dict[str, str] = dataclasses.field(default_factory=dict)
+        source_column: str = "dataset"
 
         def __post_init__(self) -> None:
             if self.max_chars < 1:
@@ -67,6 +71,11 @@ class LanguageID(Stage):
         thresholds = np.array([c.min_scores.get(lang, c.min_score) for lang in langs], dtype=np.float32)
         langs = [lang if ok else UNDETERMINED for lang, ok in zip(langs, scores >= thresholds)]
         groups = [self._route_of.get(lang, "other") for lang in langs]
+        if c.source_languages and c.source_column in batch.schema.names:
+            for row, source in enumerate(batch.column(c.source_column).to_pylist()):
+                known = c.source_languages.get(source)
+                if known is not None:
+                    langs[row], groups[row], scores[row] = known, known, 1.0
         batch = set_column(batch, "lang", pa.array(langs, pa.string()))
         batch = set_column(batch, "lang_score", pa.array(scores, pa.float32()))
         batch = set_column(batch, "lang_group", pa.array(groups, pa.string()))

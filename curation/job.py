@@ -1,0 +1,175 @@
+"""The main job: raw text to a trainer-ready manifest, from one config, every step resumable.
+
+A pipeline YAML with any of these extra sections runs them around the curation stages, in order:
+
+    quality_models: {dir, kenlm: {LANG: [gold...]}, classifier: {LANG: {gold: [...], negative: [...]}}}
+        trained first when `dir` lacks them (curation train-lm)
+    (the pipeline itself: input, output, executor, stages -> OUT/kept, OUT/rejected, OUT/stats.json)
+    tokenizer: {vocab_size, budget_mb, shares, seed, group_column}
+        trained on a language-balanced sample of OUT/kept -> OUT/tokenizer/tokenizer.json
+    pack: {seq_len, strategy, window}
+        OUT/kept tokenized and packed per source (the input's `dataset` column) -> OUT/packed
+    phases: {seed, sources, phases}
+        the phase manifest over OUT/packed -> OUT/phases.yaml, OUT/manifest.json
+    report: true
+        OUT/report.html (self-contained)
+
+A step whose output exists is skipped, so running the same command again resumes where it stopped
+(the curation and pack runs resume shard by shard themselves). `job.json` records each step's time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from curation.config import PipelineConfig, pipeline_from_dict, with_overrides
+from curation.executor import RunOptions, make_backend, run_pipeline
+from curation.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+JOB_SECTIONS = ("quality_models", "tokenizer", "pack", "phases", "report")
+
+
+@dataclasses.dataclass
+class Job:
+    pipeline: PipelineConfig
+    sections: dict[str, Any]
+    source: str
+
+    @property
+    def out(self) -> Path:
+        return Path(self.pipeline.output.path)
+
+
+def load_job(path: str | Path, **overrides: Any) -> Job:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # never yaml.load: configs are untrusted
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a pipeline config is a mapping")
+    sections = {k: raw.pop(k) for k in JOB_SECTIONS if k in raw}
+    pipeline = with_overrides(pipeline_from_dict(raw, str(path)), **overrides)
+    return Job(pipeline, sections, str(path))
+
+
+def is_job(path: str | Path) -> bool:
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and any(k in raw for k in JOB_SECTIONS)
+
+
+def _train_quality_models(spec: dict[str, Any]) -> None:
+    from curation.quality_models import KenlmTraining, read_meta, train_classifier, train_kenlm
+
+    folder = Path(spec["dir"])
+    meta = read_meta(folder) if (folder / "quality.json").exists() else {}
+    for lang, gold in (spec.get("kenlm") or {}).items():
+        if lang not in meta.get("kenlm", {}):
+            log.info("training the KenLM quality model for %s", lang)
+            train_kenlm(KenlmTraining(lang=lang, inputs=list(gold), out=folder))
+    for lang, sides in (spec.get("classifier") or {}).items():
+        if lang not in meta.get("classifier", {}):
+            log.info("training the quality classifier for %s", lang)
+            train_classifier(lang, list(sides["gold"]), list(sides["negative"]), folder)
+
+
+def _train_tokenizer(job: Job, spec: dict[str, Any]) -> Path:
+    from curation.tokenizer.sample import SampleSpec
+    from curation.tokenizer.train import train_from_shards
+
+    target = job.out / "tokenizer" / "tokenizer.json"
+    if target.exists():
+        return target
+    sample = SampleSpec(shares=dict(spec.get("shares") or {"en": 0.5, "zh": 0.3, "other": 0.2}),
+                        budget_bytes=int(float(spec.get("budget_mb", 100)) * 1e6), seed=int(spec.get("seed", 0)),
+                        group_column=spec.get("group_column", "lang_group"))
+    return train_from_shards([str(job.out / "kept")], target.parent, sample, vocab_size=int(spec.get("vocab_size", 65536)))
+
+
+def _pack(job: Job, tokenizer: Path, spec: dict[str, Any], options: RunOptions) -> Path:
+    packed = job.out / "packed"
+    stage = {"name": "pack", "tokenizer": str(tokenizer), "source_column": job.pipeline.input.source_column,
+             **{k: v for k, v in spec.items() if k in ("seq_len", "strategy", "window", "dtype")}}
+    config = pipeline_from_dict({
+        "input": {"path": [str(job.out / "kept")], "format": "parquet"},
+        "output": {"path": str(packed), "documents": False},
+        "executor": dataclasses.asdict(job.pipeline.executor),
+        "stages": [stage],
+    }, f"{job.source} (pack)")
+    run_pipeline(config, dataclasses.replace(options, overwrite=False))
+    return packed
+
+
+def _manifest(job: Job, spec: dict[str, Any]) -> Path:
+    from curation.manifest import build_manifest
+
+    phases_path = job.out / "phases.yaml"
+    phases_path.write_text(yaml.safe_dump({"root": "packed", **spec}, sort_keys=False))
+    target = job.out / "manifest.json"
+    build_manifest(phases_path, target)
+    return target
+
+
+def run_job(job: Job, options: RunOptions | None = None) -> dict[str, Any]:
+    """Run every configured step; returns what job.json records."""
+    options = options or RunOptions()
+    timings: dict[str, float] = {}
+    record: dict[str, Any] = {"config": job.source, "steps": timings}
+
+    def step(name: str, fn, *args):
+        started = time.perf_counter()
+        result = fn(*args)
+        timings[name] = round(time.perf_counter() - started, 1)
+        log.info("%s done in %.1f s", name, timings[name])
+        return result
+
+    s = job.sections
+    if "quality_models" in s:
+        step("quality_models", _train_quality_models, s["quality_models"])
+    with make_backend(job.pipeline.executor):  # one Ray instance for every step
+        stats = step("curation", run_pipeline, job.pipeline, options)
+        record["curation"] = {"kept_docs": stats["output"]["kept_docs"], "kept_bytes": stats["output"]["kept_bytes"]}
+        tokenizer = None
+        if "tokenizer" in s:
+            tokenizer = step("tokenizer", _train_tokenizer, job, s["tokenizer"])
+        if "pack" in s:
+            if tokenizer is None:
+                raise ValueError(f"{job.source}: `pack` needs a `tokenizer` section (the vocabulary to pack with)")
+            step("pack", _pack, job, tokenizer, s["pack"], options)
+    if "phases" in s:
+        if "pack" not in s:
+            raise ValueError(f"{job.source}: `phases` needs a `pack` section (the sources it mixes)")
+        step("manifest", _manifest, job, s["phases"])
+    if tokenizer is not None and s.get("report"):
+        from curation.tokenizer.evaluate import evaluate
+
+        target = job.out / "tokenizer" / "eval.json"
+        if not target.exists():
+            write_json_atomic(target, step("tokenizer_eval", evaluate, tokenizer, [str(job.out / "kept")], False))
+    previous = job.out / "job.json"
+    if previous.exists():  # a resumed job: keep the times of the steps done before
+        old = json.loads(previous.read_text()).get("steps", {})
+        for name, seconds in old.items():
+            if timings.get(name, 0) < 1.0 and seconds > timings.get(name, 0):
+                timings[name] = seconds
+    write_json_atomic(previous, record)
+    if s.get("report"):
+        from curation.report import write_report
+
+        record["report"] = str(step("report", write_report, job.out, s.get("quality_models", {}).get("dir")))
+        write_json_atomic(previous, record)
+    return record
