@@ -20,7 +20,11 @@ MAX_ROWS = 500_000  # rows read for the per-document plots (a random-free prefix
 
 
 def _plt():
+    import logging
+
     import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
