@@ -272,7 +272,8 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
     run.shards_total = len(shards)
     bad: dict[int, str] = {}
     backend = make_backend(config.executor)
-    final_done = all(layout.marker(segments[-1], shard).exists() for shard in shards)
+    final_done = all(layout.marker(segments[-1], shard).exists() for shard in shards) and \
+        all(layout.aggregate_marker(s.keys_for[0]).exists() for s in segments if s.keys_for)
     with backend:
         for segment in segments:
             if final_done:

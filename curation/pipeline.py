@@ -50,7 +50,8 @@ def plan_segments(stages: list[Stage]) -> list[Segment]:
         key = stage_key(position, stage.name)
         if isinstance(stage, GlobalStage):
             segments[-1].keys_for = (key, stage)
-            segments.append(Segment(len(segments), apply_global=(key, stage)))
+            if stage.needs_apply or position < len(stages) - 1:
+                segments.append(Segment(len(segments), apply_global=(key, stage)))
         else:
             segments[-1].stages.append((key, stage))
     segments[-1].is_last = True

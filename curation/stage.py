@@ -153,7 +153,13 @@ class GlobalStage(Stage):
        the decisions for that shard and apply them (set `drop_reason`, add columns, rewrite text).
 
     Each step's output is written atomically, so a killed run resumes after its last finished step.
+
+    A global stage whose decisions change no row (`needs_apply = False`, e.g. `pack`, which writes
+    outputs of its own) and that ends the pipeline adds no pass: its keys are computed in the last
+    pass, beside the kept and rejected outputs, and its aggregate step runs after it.
     """
+
+    needs_apply = True
 
     def keys(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.Table | None:
         raise NotImplementedError

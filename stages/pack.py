@@ -166,6 +166,8 @@ def summarise(out: str | Path) -> dict[str, Any]:
 class Pack(GlobalStage):
     """Tokenize (unless a tokens column exists) and pack documents into fixed-length sequences per source."""
 
+    needs_apply = False  # rows pass unchanged: as the last stage it adds no pass over the documents
+
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class Config:
         tokenizer: str  # tokenizer.json (curation train-tokenizer)
