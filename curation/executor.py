@@ -186,8 +186,25 @@ class RayBackend:
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
         import ray
 
-        remote = ray.remote(num_cpus=1, max_retries=self.config.max_retries)(fn)
+        remote = ray.remote(num_cpus=1, max_retries=self.config.max_retries)(_releasing(fn))
         return ray.get([remote.remote(item) for item in items])
+
+
+def _releasing(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """An aggregate task that hands Arrow's freed memory back to the system when it ends: the worker
+    process stays in Ray's pool, and would otherwise keep the task's peak."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(item: Any) -> Any:
+        try:
+            return fn(item)
+        finally:
+            import pyarrow as pa
+
+            pa.default_memory_pool().release_unused()
+
+    return run
 
 
 class StageWorker:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
@@ -171,11 +172,31 @@ def _read_jsonl(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
             raise InputError(_diagnose_jsonl(shard.path, str(exc))) from None
 
 
+def _byte_slices(batch: pa.RecordBatch, column: str, limit: int) -> Iterator[pa.RecordBatch]:
+    """Cut a batch so that each piece holds about `limit` bytes of text (at least one row): the
+    vectorised stages' working memory grows with the text of a batch, not with its rows."""
+    if column not in batch.schema.names or batch.num_rows <= 1:
+        yield batch
+        return
+    text = batch.column(column)
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)) or text.nbytes <= limit:
+        yield batch
+        return
+    sizes = pc.fill_null(pc.binary_length(text), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    ends = np.cumsum(sizes)
+    start = 0
+    while start < batch.num_rows:
+        base = ends[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, base + limit, side="right")))
+        yield batch.slice(start, stop - start)
+        start = stop
+
+
 def _read_parquet(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
     try:
         parquet = pq.ParquetFile(shard.path, page_checksum_verification=True)  # pages with a CRC are checked
         for batch in parquet.iter_batches(batch_size=config.batch_rows):
-            yield batch
+            yield from _byte_slices(batch, config.text_column, config.block_bytes)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{shard.path}: cannot read Parquet: {exc} (truncated or corrupt file?)") from None
 

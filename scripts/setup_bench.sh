@@ -8,7 +8,7 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 stamp=.venv-bench/.ready-$(sha256sum scripts/setup_bench.sh | cut -c1-16)
 if [ ! -f "$stamp" ]; then
     [ -x .venv-bench/bin/python ] || "$PYTHON" -m venv .venv-bench
-    .venv-bench/bin/python -m pip install -q "datatrove==0.10.1" "spacy>=3.7,<4" "nltk>=3.9,<4" "pyarrow>=15,<27" "tokenizers>=0.19,<1" "xxhash>=3,<4" \
+    .venv-bench/bin/python -m pip install -q "datatrove==0.10.1" "spacy>=3.7,<4" "nltk>=3.9,<4" "pyarrow>=15,<27" "tokenizers>=0.19,<1" "xxhash>=3,<4" "fasttext-numpy2-wheel" "fasteners" \
         >.venv-bench/pip.log 2>&1 || { cat .venv-bench/pip.log >&2; exit 1; }
     rm -f .venv-bench/.ready*
     touch "$stamp"

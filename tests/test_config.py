@@ -7,12 +7,21 @@ from curation.config import load_pipeline, pipeline_from_dict, with_overrides
 BASE = {"input": {"path": "x/*.jsonl"}, "output": {"path": "out"}, "stages": [{"name": "noop"}]}
 
 
-def test_example_pipeline_loads():
-    config = load_pipeline(Path(__file__).parents[1] / "manifests" / "demo.yaml")
-    assert config.input.path == ("../shared/data/*.jsonl.gz",)
+def test_example_job_loads():
+    from curation.job import is_job, load_job
+
+    path = Path(__file__).parents[1] / "manifests" / "demo.yaml"
+    assert is_job(path)
+    job = load_job(path)
+    config = job.pipeline
+    assert set(config.input.sources) == {"web", "wiki", "prose", "news", "reviews", "code", "multilingual"}
+    assert len(config.input.path) == 9  # every file of ../shared/data, through its source
     assert config.executor.kind == "ray"
     assert [s["name"] for s in config.stages][0] == "lid"
     assert config.input.empty_text == "drop"
+    assert {"quality_models", "tokenizer", "pack", "phases", "report"} <= set(job.sections)
+    with pytest.raises(ValueError, match="unknown top-level key"):
+        load_pipeline(path)  # a job is not a plain pipeline: `curation run` tells them apart
 
 
 def test_defaults_and_overrides():
@@ -29,7 +38,7 @@ def test_defaults_and_overrides():
     ({**BASE, "input": {"path": "x", "colour": 1}}, "unknown key(s) in 'input': colour"),
     ({**BASE, "executor": {"kind": "slurm"}}, "executor.kind must be one of"),
     ({**BASE, "input": {"path": "x", "empty_text": "ignore"}}, "input.empty_text"),
-    ({"output": {"path": "o"}}, "input.path is required"),
+    ({"output": {"path": "o"}}, "input.path (or input.sources) is required"),
     ({"input": {"path": "x"}}, "output.path is required"),
 ])
 def test_bad_configs_say_what_is_wrong(raw, message):

@@ -140,3 +140,34 @@ def test_our_parquet_has_page_checksums_and_a_damaged_page_is_refused(tmp_path):
     (tmp_path / "out.parquet").write_bytes(bytes(raw))
     with pytest.raises(InputError, match="out.parquet"):
         read_all(tmp_path / "out.parquet")
+
+
+def test_parquet_batches_are_cut_by_text_bytes(tmp_path, data_dir):
+    from curation.config import InputConfig
+    from curation.io import list_shards, read_shard
+
+    rows = read_jsonl("en_wikitext2_valid_test.jsonl.gz", 60)  # long articles (about 20 KB each)
+    write_parquet(tmp_path / "wiki.parquet", rows)
+    config = InputConfig(path=(str(tmp_path / "wiki.parquet"),), block_bytes=64 * 1024)
+    batches = list(read_shard(list_shards(config)[0], config))
+    assert len(batches) > 5 and sum(b.num_rows for b in batches) == 60
+    for batch in batches:
+        assert batch.num_rows == 1 or batch.column("text").nbytes <= 64 * 1024 + 4 * batch.num_rows + 4
+    assert [t for b in batches for t in b.column("text").to_pylist()] == [r["text"] for r in rows]
+
+
+def test_input_sources_tag_every_row(tmp_path, data_dir):
+    from curation.config import pipeline_from_dict
+    from curation.io import InputError, list_shards, read_shard
+
+    write_jsonl(tmp_path / "a.jsonl", read_jsonl("en_gum_docs.jsonl.gz", 5))
+    write_jsonl(tmp_path / "b.jsonl", read_jsonl("zh_msra_news.jsonl.gz", 5))
+    config = pipeline_from_dict({"input": {"sources": {"prose": str(tmp_path / "a.jsonl"), "news": [str(tmp_path / "b*.jsonl")]}},
+                                 "output": {"path": "o"}}).input
+    shards = list_shards(config)
+    got = {s.name: {v for b in read_shard(s, config) for v in b.column("dataset").to_pylist()} for s in shards}
+    assert got == {"a": {"prose"}, "b": {"news"}}
+    stray = pipeline_from_dict({"input": {"path": str(tmp_path / "*.jsonl"), "sources": {"prose": str(tmp_path / "a.jsonl")}},
+                                "output": {"path": "o"}}).input
+    with pytest.raises(InputError, match="in none of input.sources"):
+        list_shards(stray)
