@@ -99,8 +99,14 @@ def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
     spec = SampleSpec(shares=_parse_shares(args.shares), budget_bytes=int(args.budget_mb * 1e6), seed=args.seed,
                       group_column=args.group_column, text_column=args.text_column)
-    path = train_from_shards(args.inputs, args.out, spec, vocab_size=args.vocab_size, uint16=not args.no_uint16,
-                             show_progress=sys.stderr.isatty())
+    from curation.config import ExecutorConfig
+    from curation.executor import make_backend
+    from curation.tokenizer.train import CountOptions
+
+    options = CountOptions(min_count=args.min_count, max_words=args.max_words)
+    with make_backend(ExecutorConfig(kind=args.executor, address=args.address)) as backend:
+        path = train_from_shards(args.inputs, args.out, spec, vocab_size=args.vocab_size, uint16=not args.no_uint16,
+                                 show_progress=sys.stderr.isatty(), method=args.method, backend=backend, options=options)
     print(f"tokenizer: {path}")
     return 0
 
@@ -223,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--seed", type=int, default=0)
     tok.add_argument("--group-column", default="lang_group", help="column naming each row's group (lid writes lang_group)")
     tok.add_argument("--text-column", default="text")
+    tok.add_argument("--method", choices=["counts", "stream"], default="counts",
+                     help="counts: count pre-tokens on Ray, prune, train from counts (bounded memory); stream: plain train_from_iterator")
+    tok.add_argument("--min-count", type=int, default=2, help="counts: drop pre-tokens seen fewer times")
+    tok.add_argument("--max-words", type=int, default=2_000_000, help="counts: distinct pre-tokens the trainer holds")
+    tok.add_argument("--executor", choices=["ray", "local"], default="ray")
+    tok.add_argument("--address", help="an existing Ray cluster")
     tok.set_defaults(func=_cmd_train_tokenizer)
 
     ev = sub.add_parser("eval-tokenizer", help="bytes per token per group on held-out text, against a plain ByteLevelBPETokenizer")

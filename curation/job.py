@@ -87,7 +87,7 @@ def _train_quality_models(spec: dict[str, Any]) -> None:
             train_classifier(lang, list(sides["gold"]), list(sides["negative"]), folder)
 
 
-def _train_tokenizer(job: Job, spec: dict[str, Any]) -> Path:
+def _train_tokenizer(job: Job, spec: dict[str, Any], backend) -> Path:
     from curation.tokenizer.sample import SampleSpec
     from curation.tokenizer.train import train_from_shards
 
@@ -97,7 +97,8 @@ def _train_tokenizer(job: Job, spec: dict[str, Any]) -> Path:
     sample = SampleSpec(shares=dict(spec.get("shares") or {"en": 0.5, "zh": 0.3, "other": 0.2}),
                         budget_bytes=int(float(spec.get("budget_mb", 100)) * 1e6), seed=int(spec.get("seed", 0)),
                         group_column=spec.get("group_column", "lang_group"))
-    return train_from_shards([str(job.out / "kept")], target.parent, sample, vocab_size=int(spec.get("vocab_size", 65536)))
+    return train_from_shards([str(job.out / "kept")], target.parent, sample, vocab_size=int(spec.get("vocab_size", 65536)),
+                             method=spec.get("method", "counts"), backend=backend)
 
 
 def _pack(job: Job, tokenizer: Path, spec: dict[str, Any], options: RunOptions) -> Path:
@@ -140,12 +141,12 @@ def run_job(job: Job, options: RunOptions | None = None) -> dict[str, Any]:
     s = job.sections
     if "quality_models" in s:
         step("quality_models", _train_quality_models, s["quality_models"])
-    with make_backend(job.pipeline.executor):  # one Ray instance for every step
+    with make_backend(job.pipeline.executor) as backend:  # one Ray instance for every step
         stats = step("curation", run_pipeline, job.pipeline, options)
         record["curation"] = {"kept_docs": stats["output"]["kept_docs"], "kept_bytes": stats["output"]["kept_bytes"]}
         tokenizer = None
         if "tokenizer" in s:
-            tokenizer = step("tokenizer", _train_tokenizer, job, s["tokenizer"])
+            tokenizer = step("tokenizer", _train_tokenizer, job, s["tokenizer"], backend)
         if "pack" in s:
             if tokenizer is None:
                 raise ValueError(f"{job.source}: `pack` needs a `tokenizer` section (the vocabulary to pack with)")

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-EXTRAS=${EXTRAS:-dev,lid,quality,loader,report}
+EXTRAS=${EXTRAS:-dev,lid,quality,loader}
 
 # KenLM's lmplz/build_binary for `curation train-lm`: built once from the kenlm sdist, cached outside
 # the repository (its own quick check, so it runs before the stamp).

@@ -8,6 +8,7 @@ that packing puts between documents.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -54,20 +55,63 @@ def check_vocab_size(vocab_size: int, uint16: bool = True) -> None:
                              "(pass uint16=False / --no-uint16 for a larger vocabulary)")
 
 
-def train_from_shards(inputs: list[str], out_dir: str | Path, spec, vocab_size: int = UINT16_VOCAB,
-                      uint16: bool = True, show_progress: bool = False) -> Path:
-    """Draw the language-balanced sample from curated shards (streamed) and train on it. The sample's
-    spec and inputs are stored with the tokenizer, so the same sample can be drawn again."""
-    import dataclasses
+METHODS = ("counts", "stream")
 
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CountOptions:
+    """`counts` training (tokenizer/counts.py): prune, cap, feed."""
+
+    min_count: int = 2  # pre-tokens seen fewer times are dropped before training
+    max_words: int = 2_000_000  # distinct pre-tokens the trainer holds
+    feed_items: int = 30_000_000  # pre-tokens fed to the trainer (counts scaled down to it)
+    partitions: int = 16
+
+
+def train_from_shards(inputs: list[str], out_dir: str | Path, spec, vocab_size: int = UINT16_VOCAB,
+                      uint16: bool = True, show_progress: bool = False, method: str = "counts",
+                      backend=None, options: CountOptions | None = None) -> Path:
+    """Draw the language-balanced sample from curated shards and train on it: `counts` (default) counts
+    pre-tokens in Ray tasks and trains from the pruned counts, in memory that does not grow with the
+    sample; `stream` feeds the sampled documents to `train_from_iterator` (the plain way). The sample's
+    spec and inputs are stored with the tokenizer, so the same sample can be drawn again."""
     from curation.tokenizer.sample import balanced_sample, group_bytes
 
+    if method not in METHODS:
+        raise TokenizerError(f"method must be one of {METHODS}, got {method!r}")
     check_vocab_size(vocab_size, uint16)
     totals = group_bytes(inputs, spec)
-    path = train_tokenizer(balanced_sample(inputs, spec, totals), out_dir, vocab_size=vocab_size, uint16=uint16,
-                           show_progress=show_progress,
-                           extra_meta={"inputs": list(inputs), "sample": dataclasses.asdict(spec), "group_bytes": totals})
-    return path
+    missing = [g for g, n in totals.items() if n == 0 and spec.shares[g] > 0]
+    if missing:
+        from curation.tokenizer.sample import SampleError
+
+        raise SampleError(f"no text for group(s) {missing} (column {spec.group_column!r}) in {inputs}: "
+                          "give inputs with that language, or drop it from the shares")
+    meta = {"inputs": list(inputs), "sample": dataclasses.asdict(spec), "group_bytes": totals, "method": method}
+    if method == "stream":
+        return train_tokenizer(balanced_sample(inputs, spec, totals), out_dir, vocab_size=vocab_size, uint16=uint16,
+                               show_progress=show_progress, extra_meta=meta)
+    from curation.tokenizer import counts as counting
+
+    options = options or CountOptions()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".counts-") as work:
+        if backend is None:
+            from curation.config import ExecutorConfig
+            from curation.executor import make_backend
+
+            with make_backend(ExecutorConfig(kind="ray")) as backend:
+                merged, info = counting.count_pretokens(inputs, spec, totals, PRE_TOKENIZER_PATTERN, work, backend,
+                                                        options.min_count, options.partitions)
+        else:
+            merged, info = counting.count_pretokens(inputs, spec, totals, PRE_TOKENIZER_PATTERN, work, backend,
+                                                    options.min_count, options.partitions)
+        table = counting.top_words(merged, options.max_words)
+    info["trained_pretokens"] = table.num_rows
+    meta["counts"] = {**info, **dataclasses.asdict(options)}
+    return train_tokenizer(counting.feed(table, options.feed_items), out_dir, vocab_size=vocab_size, uint16=uint16,
+                           show_progress=show_progress, extra_meta=meta)
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = UINT16_VOCAB, min_frequency: int = 2,
