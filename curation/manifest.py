@@ -249,13 +249,62 @@ def load_manifest(path: str | Path) -> tuple[dict[str, Any], Path]:
     for key in ("root", "seq_len", "dtype", "sources", "phases"):
         if key not in manifest:
             raise ManifestError(f"{path}: `{key}` is missing")
-    root = (path.resolve().parent / str(manifest["root"])).resolve()
+    try:
+        root = _check_structure(path, manifest)
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, ManifestError):
+            raise
+        raise ManifestError(f"{path}: malformed manifest ({type(exc).__name__}: {exc}); rebuild it with "
+                            "`curation manifest build`") from None
+    return manifest, root
+
+
+def _check_structure(path: Path, manifest: dict[str, Any]) -> Path:
+    """Types and ranges of everything the loader reads; raises on anything off."""
+    if not isinstance(manifest["root"], str) or not isinstance(manifest["sources"], dict) \
+            or not isinstance(manifest["phases"], list):
+        raise ManifestError(f"{path}: root must be a string, sources a mapping and phases a list")
+    if not isinstance(manifest["seq_len"], int) or isinstance(manifest["seq_len"], bool) or manifest["seq_len"] < 2:
+        raise ManifestError(f"{path}: seq_len must be an integer of at least 2")
+    if manifest["dtype"] not in ("uint16", "uint32"):
+        raise ManifestError(f"{path}: dtype must be uint16 or uint32")
+    if not _count(manifest.get("seed", 0)):
+        raise ManifestError(f"{path}: seed must be a non-negative integer")
+    root = (path.resolve().parent / manifest["root"]).resolve()
+    for name, entry in manifest["sources"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
+            raise ManifestError(f"{path}: source {name!r} must have a list of shards")
+        for shard in entry["shards"]:
+            if not isinstance(shard, dict) or not isinstance(shard.get("path"), str) or not _count(shard.get("sequences")) \
+                    or not isinstance(shard.get("bin_sha256"), str):
+                raise ManifestError(f"{path}: source {name!r}: each shard needs path, sequences and bin_sha256")
+        if not _count(entry.get("sequences")) or not _count(entry.get("max_epochs", 1)):
+            raise ManifestError(f"{path}: source {name!r}: sequences and max_epochs must be counts")
+    for phase in manifest["phases"]:
+        if not isinstance(phase, dict) or not isinstance(phase.get("name"), str) or not isinstance(phase.get("allocation"), dict) \
+                or not _count(phase.get("seed")) or not _count(phase.get("sequences")):
+            raise ManifestError(f"{path}: each phase needs a name, a seed and an allocation")
+        for source, runs in phase["allocation"].items():
+            if not isinstance(runs, list) or not all(isinstance(r, dict) and all(_count(r.get(k)) for k in ("epoch", "start", "count"))
+                                                     for r in runs):
+                raise ManifestError(f"{path}: phase {phase['name']!r}: source {source!r}: runs must be {{epoch, start, count}}")
+    _check_ranges(path, manifest, root)
+    return root
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
+
+
+def _check_ranges(path: Path, manifest: dict[str, Any], root: Path) -> None:
     for name, entry in manifest["sources"].items():
         for shard in entry["shards"]:
             _inside(root, str(shard["path"]), f"{path}: source {name!r}")
         if entry["sequences"] != sum(int(s["sequences"]) for s in entry["shards"]):
             raise ManifestError(f"{path}: source {name!r}: sequence counts do not add up")
     for phase in manifest["phases"]:
+        if sum(r["count"] for runs in phase["allocation"].values() for r in runs) != phase["sequences"]:
+            raise ManifestError(f"{path}: phase {phase['name']!r}: its runs do not add up to its {phase['sequences']} sequences")
         for source, runs in phase["allocation"].items():
             if source not in manifest["sources"]:
                 raise ManifestError(f"{path}: phase {phase['name']!r} reads source {source!r}, which the manifest lacks")
@@ -263,7 +312,6 @@ def load_manifest(path: str | Path) -> tuple[dict[str, Any], Path]:
             for run in runs:
                 if not (0 <= run["start"] and run["start"] + run["count"] <= n and run["count"] > 0 and run["epoch"] >= 0):
                     raise ManifestError(f"{path}: phase {phase['name']!r}: source {source!r}: run {run} is out of range")
-    return manifest, root
 
 
 def phase_of(manifest: dict[str, Any], name: str) -> dict[str, Any]:

@@ -264,3 +264,45 @@ def test_validate_and_tampered_shard(packed_root, tmp_path, capsys):
         shutil.copy(root / "web" / f"part1{suffix}", root / "web" / f"part0{suffix}")
     with pytest.raises(ShardError, match="differs from the manifest"):
         list(PhaseLoader(manifest, "p1"))
+
+
+def _paths(value, prefix=()):
+    """Every (path, value) inside a JSON value."""
+    yield prefix, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, prefix + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _paths(item, prefix + (index,))
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                           max_leaves=5)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fuzzed_manifests_give_a_clear_error_or_a_correct_loader(packed_root, tmp_path, data):
+    """Any value of a valid manifest replaced (or removed): ManifestError / ShardError, or a loader that
+    still reads only sequences that exist. Never another exception, never a crash."""
+    good = _manifest(tmp_path, packed_root, TWO_PHASES)
+    manifest = json.loads(good.read_text())
+    paths = [p for p, _ in _paths(manifest) if p]
+    target = data.draw(st.sampled_from(paths))
+    parent = manifest
+    for key in target[:-1]:
+        parent = parent[key]
+    if data.draw(st.booleans()) and isinstance(parent, dict):
+        del parent[target[-1]]
+    else:
+        parent[target[-1]] = data.draw(JSON_VALUES)
+    fuzzed = tmp_path / "fuzzed.json"
+    fuzzed.write_text(json.dumps(manifest))
+    try:
+        loader = PhaseLoader(fuzzed, "p1", batch_size=16)
+        for batch in loader:
+            assert batch["input_ids"].shape[1] == SEQ_LEN
+    except (ManifestError, ShardError):
+        pass
