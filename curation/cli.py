@@ -104,7 +104,9 @@ def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
     from curation.tokenizer.train import CountOptions
 
     options = CountOptions(min_count=args.min_count, max_words=args.max_words)
-    with make_backend(ExecutorConfig(kind=args.executor, address=args.address)) as backend:
+    # Ray only for the counting tasks: the plain (stream) trainer runs in this process alone
+    kind = args.executor if args.method == "counts" else "local"
+    with make_backend(ExecutorConfig(kind=kind, address=args.address)) as backend:
         path = train_from_shards(args.inputs, args.out, spec, vocab_size=args.vocab_size, uint16=not args.no_uint16,
                                  show_progress=sys.stderr.isatty(), method=args.method, backend=backend, options=options)
     print(f"tokenizer: {path}")

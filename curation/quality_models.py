@@ -172,7 +172,9 @@ def score_documents(model, normalised: pa.Array, unigrams: Unigrams | None = Non
     lm_text, _ = _text()
     line_array, parent = lm_text.lines(normalised)
     score = model.score
-    logprob = np.fromiter((score(s) for s in line_array.to_pylist()), dtype=np.float64, count=len(line_array))
+    # bytes, not str: KenLM encodes every str to UTF-8 itself (13% of its time, measured)
+    logprob = np.fromiter((score(s) for s in line_array.cast(pa.binary()).to_pylist()), dtype=np.float64,
+                          count=len(line_array))
     words = lm_text.token_counts(line_array).astype(np.float64) + 1  # + </s>
     parent = parent.to_numpy()
     n = len(normalised)
