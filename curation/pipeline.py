@@ -112,6 +112,7 @@ class ShardProcessor:
     def setup(self) -> None:
         if not self._ready:
             for stage in self.segment.all_stages():
+                stage.run_dir = str(self.layout.root)  # runtime context, not config: where this run writes
                 stage.setup()
             self._ready = True
 
@@ -162,6 +163,13 @@ class ShardProcessor:
                 self._write(batch, outputs, stats)
                 last_schema = batch.schema
                 row_offset += batch.num_rows
+            if keys_writer is not None:
+                key, stage = segment.keys_for
+                timer = _Timer()
+                keys = stage.keys_end(BatchPosition(shard.index, shard.name, row_offset))
+                if keys is not None and keys.num_rows:
+                    keys_writer.write(keys)
+                timer.add_to(stats.stage(key, stage.name))
             for stage in segment.all_stages():
                 key = self._key_of(stage)
                 stats.stage(key, stage.name).metrics.update(stage.metrics)
@@ -176,18 +184,24 @@ class ShardProcessor:
         except InputError as exc:
             for writer in writers:
                 writer.abort()
+            if segment.keys_for:
+                segment.keys_for[1].keys_abort()
             for stage in segment.all_stages():
                 stage.metrics.clear()
             return {"error": str(exc)}
         except OSError as exc:  # ENOSPC, EACCES, EROFS...: say so, and leave nothing a rerun would trust
             for writer in writers:
                 writer.abort()
+            if segment.keys_for:
+                segment.keys_for[1].keys_abort()
             raise OutputError(f"{shard.path}: cannot write its output under {layout.root}: {exc} (disk full or "
                               "folder not writable?). Nothing of this shard was committed: fix it and run again, "
                               "finished shards are kept") from None
         except BaseException:
             for writer in writers:
                 writer.abort()
+            if segment.keys_for:
+                segment.keys_for[1].keys_abort()
             raise
         stats.wall_s = time.perf_counter() - wall0
         stats.cpu_s = time.process_time() - cpu0

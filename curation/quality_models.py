@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from curation.config import InputConfig
 from curation.io import list_shards, read_shard, write_json_atomic
-from curation.models import ModelError, check_fasttext_file, sha256_of
+from curation.models import ModelError, sha256_of
 
 
 def _text():

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 MAX_ROWS = 500_000  # rows read for the per-document plots (a random-free prefix of each file is enough)

@@ -164,6 +164,14 @@ class GlobalStage(Stage):
     def keys(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.Table | None:
         raise NotImplementedError
 
+    def keys_end(self, position: BatchPosition) -> pa.Table | None:
+        """After a shard's last batch (position: the row count): a last table of keys, or None. For a
+        stage that keeps per-shard state in `keys` (pack writes as it goes)."""
+        return None
+
+    def keys_abort(self) -> None:
+        """The shard failed: drop per-shard state (its outputs will be redone)."""
+
     def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
         raise NotImplementedError
 

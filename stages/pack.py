@@ -2,16 +2,16 @@
 
 A global stage, because a source's stream runs across input shards:
 
-1. `keys` (in the stage workers, in parallel over input shards): the token ids of every live document
-   (the `tokens` column a `tokenize` stage wrote, or encoded here with the configured tokenizer), its
-   id and its source, spilled to Parquet.
-2. `aggregate`: one Ray task per input shard packs that shard's documents per source and writes
-   `OUT/<source>/<shard>.{bin,index.parquet,json}` (tokenizer/shards.py); with `concat` the tokens after
-   a shard's last full sequence are its *tail*, and one task per source then packs the tails of all
-   its shards in corpus order into `OUT/<source>/_tail.*` (the very last partial sequence of a source
-   is padded: the only padding `concat` writes). Last, `OUT/pack.json` lists every shard (written
-   last: its presence means the packing is complete).
-3. `apply`: nothing (rows pass unchanged).
+1. `keys` (in the stage workers, in parallel over input shards, streaming): each batch's live documents
+   are tokenized (or taken from the `tokens` column a `tokenize` stage wrote) and packed per source as
+   they come, full sequences going straight to `OUT/<source>/<shard>.bin`; at the end of the shard its
+   index and metadata are written (tokenizer/shards.py). With `concat` what is left after the shard's
+   last full sequence, its *tail* (under `seq_len` tokens per source), is all that is spilled.
+   `bestfit` packs a source's documents of the shard when the shard ends (its window needs them).
+2. `aggregate` (the driver: the tails are small): per source, the tails of all shards in corpus order
+   are packed into `OUT/<source>/_tail.*`, whose last sequence is padded (the only padding `concat`
+   writes). Last, `OUT/pack.json` lists every shard (written last: the packing is complete).
+3. No `apply`: rows pass unchanged, and as the last stage of a pipeline `pack` adds no pass.
 
 The source of a document: the first `sources` entry whose shard-name patterns match its input shard,
 else the value of `source_column` (the input's `dataset` column, say), else `default_source`.
@@ -32,11 +32,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.io import AtomicParquetWriter, write_json_atomic
+from curation.io import write_json_atomic
 from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStage, live_mask, register_stage
 from curation.tokenizer import pack as packing
 from curation.tokenizer.encode import Encoder, from_list_array
-from curation.tokenizer.shards import list_shard_names, read_meta, write_shard
+from curation.tokenizer.shards import ShardWriter, list_shard_names, read_meta, write_shard
 
 TAIL = "_tail"
 SUMMARY = "pack.json"
@@ -54,7 +54,6 @@ class PackParams:
     """What the aggregate tasks need (plain data: it travels to Ray tasks)."""
 
     out: str
-    work: str
     seq_len: int
     strategy: str
     window: int
@@ -64,78 +63,89 @@ class PackParams:
     tokenizer_sha256: str
 
 
-def _read_keys(path: str) -> pa.Table:
-    return pq.read_table(path)
+class _SourcePacker:
+    """One source's documents of the input shard being processed, packed as they arrive."""
+
+    def __init__(self, p: PackParams, source: str, shard_name: str) -> None:
+        self.p = p
+        self.dtype = np.dtype(p.dtype)
+        self.writer = ShardWriter(os.path.join(p.out, source), shard_name, source=source, seq_len=p.seq_len,
+                                  strategy=p.strategy, sep_id=p.sep_id, pad_id=p.pad_id, tokenizer_sha256=p.tokenizer_sha256)
+        self.ids: list[str] = []  # every document of this source in the shard, in order
+        self.carry = np.zeros(0, self.dtype)  # concat: tokens after the last full sequence
+        self.carry_offsets = np.zeros(1, np.int64)  # their documents' starts (the first may be a rest)
+        self.carry_first = 0  # offset of the carry's first token inside its document
+        self.carry_base = 0  # document number of the carry's first document
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []  # bestfit: documents until the shard ends
+
+    def _segment_ids(self, packed: packing.Packed) -> pa.Array:
+        return pa.array([self.ids[i] for i in packed.seg_doc.tolist()], pa.string())
+
+    def add(self, values: np.ndarray, offsets: np.ndarray, ids: list[str]) -> None:
+        self.ids.extend(ids)
+        flat, doc_offsets = packing.with_separators((values.astype(self.dtype, copy=False), offsets), self.p.sep_id,
+                                                    self.dtype)
+        if self.p.strategy != "concat":
+            self.parts.append((flat, doc_offsets))
+            return
+        flat = np.concatenate([self.carry, flat])
+        doc_offsets = np.concatenate([self.carry_offsets[:-1], doc_offsets + len(self.carry)])
+        packed, used = packing.pack_concat(flat, doc_offsets, self.p.seq_len, doc_base=self.carry_base,
+                                           first_doc_offset=self.carry_first)
+        self.writer.add(packed, self._segment_ids(packed))
+        first = int(np.searchsorted(doc_offsets, used, side="right") - 1)
+        self.carry_first = int(used - doc_offsets[first]) + (self.carry_first if first == 0 else 0)
+        self.carry = flat[used:]
+        self.carry_offsets = np.append(np.maximum(doc_offsets[first:-1], used), doc_offsets[-1]) - used
+        self.carry_base += first
+
+    def finish(self, input_documents: int) -> pa.Table | None:
+        """Close the shard; returns the concat tail (id, start, tokens) or None."""
+        tail = None
+        if self.p.strategy == "concat":
+            n = len(self.carry_offsets) - 1
+            if n:
+                starts = np.zeros(n, np.int64)
+                starts[0] = self.carry_first
+                tail = pa.table({"id": pa.array(self.ids[self.carry_base:self.carry_base + n], pa.string()),
+                                 "start": starts,
+                                 "tokens": pa.LargeListArray.from_arrays(pa.array(self.carry_offsets, pa.int64()),
+                                                                         pa.array(self.carry))})
+        elif self.parts:
+            flat = np.concatenate([f for f, _ in self.parts])
+            bases = np.cumsum([0] + [len(f) for f, _ in self.parts[:-1]])
+            doc_offsets = np.concatenate([o[:-1] + b for (_, o), b in zip(self.parts, bases)] + [[len(flat)]])
+            packed = packing.pack_bestfit(flat, doc_offsets, self.p.seq_len, self.p.pad_id, self.p.window)
+            self.writer.add(packed, self._segment_ids(packed))
+        self.writer.dtype = self.dtype
+        self.writer.close({"input_documents": input_documents})
+        return tail
+
+    def abort(self) -> None:
+        self.writer.abort()
 
 
-def _pack_shard(args: tuple[str, str, PackParams]) -> dict[str, Any]:
-    """Aggregate task: pack one input shard's documents, source by source."""
-    keys_path, shard_name, p = args
-    table = _read_keys(keys_path)
-    results: dict[str, Any] = {}
-    if table.num_rows == 0:
-        return results
-    sources = table.column("source").to_numpy(zero_copy_only=False)
+def _pack_tails(source: str, table: pa.Table, p: PackParams) -> None:
+    """The tails of a source's shards, in corpus order, packed as `_tail` (the last sequence padded)."""
     dtype = np.dtype(p.dtype)
-    for source in sorted(set(sources.tolist())):
-        rows = np.flatnonzero(sources == source)
-        part = table.take(pa.array(rows))
-        values, offsets = from_list_array(part.column("tokens"))
-        flat, offsets = packing.with_separators((values.astype(dtype, copy=False), offsets), p.sep_id, dtype)
-        ids = part.column("id").to_numpy(zero_copy_only=False)
-        folder = os.path.join(p.out, source)
-        if p.strategy == "concat":
-            packed, used = packing.pack_concat(flat, offsets, p.seq_len)
-            # the tail: documents (or the rest of one) after the last full sequence
-            first = int(np.searchsorted(offsets, used, side="right") - 1)
-            tail_offsets = np.append(np.maximum(offsets[first:-1], used), offsets[-1]) - used
-            tail = pa.table({"id": pa.array(ids[first:len(offsets) - 1], pa.string()),
-                             "start": pa.array(tail_offsets[:-1] + used - offsets[first:-1], pa.int64()),
-                             "tokens": pa.LargeListArray.from_arrays(pa.array(tail_offsets, pa.int64()),
-                                                                     pa.array(flat[used:]))})
-            writer = AtomicParquetWriter(os.path.join(p.work, "tails", source, f"{shard_name}.parquet"))
-            writer.write(tail)
-            writer.commit(tail.schema)
-        else:
-            packed = packing.pack_bestfit(flat, offsets, p.seq_len, p.pad_id, p.window)
-        meta = write_shard(folder, shard_name, packed, ids, source=source, seq_len=p.seq_len, strategy=p.strategy,
-                           sep_id=p.sep_id, pad_id=p.pad_id, tokenizer_sha256=p.tokenizer_sha256,
-                           extra={"input_documents": int(len(rows))})
-        results[source] = {"sequences": meta["sequences"], "documents": int(len(rows))}
-    return results
-
-
-def _pack_tails(args: tuple[str, list[str], PackParams]) -> dict[str, Any]:
-    """Aggregate task (concat): the tails of a source's shards, in corpus order, packed as `_tail`."""
-    source, shard_names, p = args
-    dtype = np.dtype(p.dtype)
-    tables = []
-    for name in shard_names:
-        path = os.path.join(p.work, "tails", source, f"{name}.parquet")
-        if os.path.exists(path):
-            tables.append(pq.read_table(path))
-    if not tables:
-        return {}
-    table = pa.concat_tables(tables)
     values, offsets = from_list_array(table.column("tokens"))
     flat = values.astype(dtype, copy=False)
     starts = table.column("start").to_numpy()
-    # A tail row is a document or the end of one: packed as documents whose first token sits `start`
+    # A tail row is a document or the rest of one: packed as documents whose first token sits `start`
     # tokens into the original (separator already in place).
     packed, used = packing.pack_concat(flat, offsets, p.seq_len)
     packed.seg_doc_offset = packed.seg_doc_offset + starts[packed.seg_doc]
-    first = int(np.searchsorted(offsets, used, side="right") - 1) if len(flat) else 0
     rest = packing.empty(p.seq_len, dtype)
     if used < len(flat):
+        first = int(np.searchsorted(offsets, used, side="right") - 1)
         rest_offsets = np.append(np.maximum(offsets[first:-1], used), offsets[-1]) - used
         rest = packing.pad_last(flat[used:], rest_offsets, p.seq_len, p.pad_id, doc_base=first,
                                 first_doc_offset=used - int(offsets[first]))
         rest.seg_doc_offset = rest.seg_doc_offset + starts[rest.seg_doc]
     packed = packing.concat_packed([packed, rest], p.seq_len, dtype)
-    ids = table.column("id").to_numpy(zero_copy_only=False)
-    meta = write_shard(os.path.join(p.out, source), TAIL, packed, ids, source=source, seq_len=p.seq_len,
-                       strategy=p.strategy, sep_id=p.sep_id, pad_id=p.pad_id, tokenizer_sha256=p.tokenizer_sha256)
-    return {"sequences": meta["sequences"], "padding_tokens": meta["padding_tokens"]}
+    write_shard(os.path.join(p.out, source), TAIL, packed, table.column("id").to_numpy(zero_copy_only=False),
+                source=source, seq_len=p.seq_len, strategy=p.strategy, sep_id=p.sep_id, pad_id=p.pad_id,
+                tokenizer_sha256=p.tokenizer_sha256, extra={"input_documents": 0})
 
 
 def summarise(out: str | Path) -> dict[str, Any]:
@@ -209,38 +219,70 @@ class Pack(GlobalStage):
     def keys(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.Table | None:
         if not hasattr(self, "_encoder"):
             self.setup()
+        if position.row_offset == 0:
+            self.keys_abort()  # a new shard: anything left from an interrupted one is discarded
+            self._packers: dict[str, _SourcePacker] = {}
+            self._documents: dict[str, int] = {}
         rows = pc.indices_nonzero(live_mask(batch))
         if len(rows) == 0:
             return None
         if self.config.tokens_column in batch.schema.names:
             tokens = pc.take(batch.column(self.config.tokens_column), rows)
-            tokens = tokens.cast(pa.large_list(pa.from_numpy_dtype(self._encoder.dtype)))
+            values, offsets = from_list_array(tokens.cast(pa.large_list(pa.from_numpy_dtype(self._encoder.dtype))))
         else:
             values, offsets = self._encoder.encode(pc.take(batch.column(TEXT), rows))
-            tokens = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(values))
-        n_tokens = int(pc.sum(pc.list_value_length(tokens)).as_py() or 0)
-        self.metrics["tokens"] += n_tokens
+        self.metrics["tokens"] += int(offsets[-1])
         self.metrics["documents"] += len(rows)
-        return pa.table({"id": pc.take(batch.column(ID), rows), "source": self._source_of(batch, position, rows),
-                         "tokens": tokens})
+        sources = self._source_of(batch, position, rows).to_numpy(zero_copy_only=False)
+        ids = pc.take(batch.column(ID), rows).to_numpy(zero_copy_only=False)
+        p = self._params(None)
+        for source in sorted(set(sources.tolist())):
+            picked = np.flatnonzero(sources == source)
+            if source not in self._packers:
+                self._packers[source] = _SourcePacker(p, source, position.shard_name)
+                self._documents[source] = 0
+            lengths = np.diff(offsets)[picked]
+            parts = [values[offsets[i]:offsets[i + 1]] for i in picked.tolist()] if len(picked) < len(sources) else [values]
+            sub_values = np.concatenate(parts) if len(picked) < len(sources) else values
+            sub_offsets = np.concatenate([[0], np.cumsum(lengths)]) if len(picked) < len(sources) else offsets
+            self._packers[source].add(sub_values, sub_offsets, ids[picked].tolist())
+            self._documents[source] += len(picked)
+        return None
 
-    def _params(self, ctx: AggregateContext) -> PackParams:
+    def keys_end(self, position: BatchPosition) -> pa.Table | None:
+        """End of a shard: close its packed shards; the concat tails are what is spilled."""
+        tails = []
+        for source, packer in sorted(getattr(self, "_packers", {}).items()):
+            tail = packer.finish(self._documents[source])
+            if tail is not None and tail.num_rows:
+                tails.append(tail.append_column("source", pa.array([source] * tail.num_rows, pa.string())))
+        self._packers = {}
+        return pa.concat_tables(tails) if tails else None
+
+    def keys_abort(self) -> None:
+        for packer in getattr(self, "_packers", {}).values():
+            packer.abort()
+        self._packers = {}
+
+    def _params(self, ctx: AggregateContext | None) -> PackParams:
         if not hasattr(self, "_encoder"):
             self.setup()
-        out = self.config.out or ctx.output_dir
+        out = self.config.out or getattr(self, "run_dir", None) or (ctx.output_dir if ctx else None)
         if out is None:
             raise ValueError("pack: set `out` (the folder for the packed shards)")
-        return PackParams(out=str(out), work=ctx.work_dir, seq_len=self.config.seq_len, strategy=self.config.strategy,
+        return PackParams(out=str(out), seq_len=self.config.seq_len, strategy=self.config.strategy,
                           window=self.config.window, dtype=self._encoder.dtype.name, sep_id=self._encoder.sep_id,
                           pad_id=self._encoder.pad_id, tokenizer_sha256=self._encoder.sha256)
 
     def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
         p = self._params(ctx)
-        names = [Path(path).name[:-len(".parquet")] for path in ctx.keys_paths]
-        results = ctx.map(_pack_shard, [(path, name, p) for path, name in zip(ctx.keys_paths, names)])
-        sources = sorted({s for r in results for s in r})
-        if p.strategy == "concat":
-            ctx.map(_pack_tails, [(source, names, p) for source in sources])
+        tails = [pq.read_table(path) for path in ctx.keys_paths]  # in corpus order; small: under seq_len per shard
+        tails = [t for t in tails if t.num_rows]
+        if tails and p.strategy == "concat":
+            table = pa.concat_tables(tails)
+            sources = table.column("source").to_numpy(zero_copy_only=False)
+            for source in sorted(set(sources.tolist())):
+                _pack_tails(source, table.filter(pa.array(sources == source)), p)
         summary = summarise(p.out)
         summary["tokenizer"] = os.path.abspath(self.config.tokenizer)
         write_json_atomic(Path(p.out) / SUMMARY, summary)

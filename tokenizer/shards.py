@@ -63,40 +63,86 @@ def shard_paths(folder: str | Path, name: str) -> tuple[Path, Path, Path]:
     return folder / f"{name}.bin", folder / f"{name}.index.parquet", folder / f"{name}.json"
 
 
-def write_shard(folder: str | Path, name: str, packed: Packed, doc_ids: list[str] | np.ndarray, *, source: str,
-                seq_len: int, strategy: str, sep_id: int, pad_id: int, tokenizer_sha256: str,
-                extra: dict | None = None) -> dict:
+class ShardWriter:
+    """Writes one packed shard as packed sequences arrive (`add`), then its index and metadata (`close`).
+    Tokens go to a temporary file and are hashed on the way; nothing is under its final name before
+    `close`, and the metadata is renamed into place last."""
+
+    def __init__(self, folder: str | Path, name: str, *, source: str, seq_len: int, strategy: str, sep_id: int,
+                 pad_id: int, tokenizer_sha256: str) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.bin_path, self.index_path, self.meta_path = shard_paths(self.folder, name)
+        self.tmp_bin = _tmp(self.bin_path)
+        self._handle = open(self.tmp_bin, "wb")
+        self._digest = hashlib.sha256()
+        self.info = {"source": source, "seq_len": seq_len, "strategy": strategy, "sep_id": sep_id, "pad_id": pad_id,
+                     "tokenizer_sha256": tokenizer_sha256}
+        self.sequences = self.padding = self.split_docs = 0
+        self.dtype: np.dtype | None = None
+        self._index: list[tuple[np.ndarray, ...]] = []
+        self._ids: list[pa.Array] = []
+
+    def add(self, packed: Packed, segment_ids: pa.Array) -> None:
+        """Append sequences; `segment_ids` names the document of each of the packed segments."""
+        if not packed.sequences:
+            return
+        self.dtype = packed.tokens.dtype
+        raw = np.ascontiguousarray(packed.tokens, dtype=packed.tokens.dtype.newbyteorder("<")).tobytes()
+        self._handle.write(raw)
+        self._digest.update(raw)
+        self._index.append((packed.seg_seq + self.sequences, packed.seg_pos, packed.seg_len, packed.seg_doc,
+                            packed.seg_doc_offset))
+        self._ids.append(segment_ids)
+        self.sequences += packed.sequences
+        self.padding += packed.padding
+        self.split_docs += packed.split_docs
+
+    def close(self, extra: dict | None = None) -> dict:
+        self._handle.close()
+        tmp_index = _tmp(self.index_path)
+        try:
+            columns = [np.concatenate(c) if c else np.zeros(0, np.int64) for c in zip(*self._index)] or \
+                [np.zeros(0, np.int64)] * 5
+            ids = pa.concat_arrays(self._ids) if self._ids else pa.array([], pa.string())
+            index = pa.table({"seq": columns[0].astype(np.int64), "pos": columns[1].astype(np.int32),
+                              "length": columns[2].astype(np.int32), "doc": columns[3].astype(np.int64),
+                              "doc_id": ids.cast(pa.string()).dictionary_encode(), "doc_offset": columns[4].astype(np.int64)})
+            pq.write_table(index, tmp_index, compression="zstd", write_page_checksum=True)
+            _fsync_replace(self.tmp_bin, self.bin_path)
+            _fsync_replace(tmp_index, self.index_path)
+        except BaseException:
+            self.abort()
+            tmp_index.unlink(missing_ok=True)
+            raise
+        stored = self.sequences * self.info["seq_len"]
+        meta = {"format": FORMAT, "version": VERSION, "name": self.name, **self.info,
+                "dtype": np.dtype(self.dtype or np.uint16).name, "sequences": self.sequences, "tokens": stored,
+                "document_tokens": stored - self.padding, "padding_tokens": self.padding,
+                "documents": int(len(np.unique(columns[3]))), "segments": int(len(columns[3])),
+                "split_documents": self.split_docs, "bin_sha256": self._digest.hexdigest(),
+                "index_sha256": sha256_file(self.index_path), **(extra or {})}
+        tmp_meta = _tmp(self.meta_path)
+        tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        _fsync_replace(tmp_meta, self.meta_path)
+        return meta
+
+    def abort(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+        self.tmp_bin.unlink(missing_ok=True)
+
+
+def write_shard(folder: str | Path, name: str, packed: Packed, doc_ids, *, source: str, seq_len: int, strategy: str,
+                sep_id: int, pad_id: int, tokenizer_sha256: str, extra: dict | None = None) -> dict:
     """Write one packed shard atomically; `doc_ids[packed.seg_doc]` names each segment's document."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    bin_path, index_path, meta_path = shard_paths(folder, name)
-    dtype = packed.tokens.dtype
-    tmp_bin, tmp_index = _tmp(bin_path), _tmp(index_path)
-    try:
-        with open(tmp_bin, "wb") as handle:
-            handle.write(np.ascontiguousarray(packed.tokens, dtype=dtype.newbyteorder("<")).tobytes())
-        ids = pa.array(np.asarray(doc_ids, dtype=object)[packed.seg_doc] if len(packed.seg_doc) else [], pa.string())
-        index = pa.table({"seq": packed.seg_seq, "pos": packed.seg_pos, "length": packed.seg_len,
-                          "doc": packed.seg_doc, "doc_id": ids.dictionary_encode(), "doc_offset": packed.seg_doc_offset})
-        pq.write_table(index, tmp_index, compression="zstd", write_page_checksum=True)
-        _fsync_replace(tmp_bin, bin_path)
-        _fsync_replace(tmp_index, index_path)
-    except BaseException:
-        tmp_bin.unlink(missing_ok=True)
-        tmp_index.unlink(missing_ok=True)
-        raise
-    stored = int(packed.tokens.size)
-    meta = {"format": FORMAT, "version": VERSION, "name": name, "source": source, "seq_len": seq_len,
-            "dtype": np.dtype(dtype).name, "strategy": strategy, "sequences": packed.sequences, "tokens": stored,
-            "document_tokens": stored - packed.padding, "padding_tokens": packed.padding,
-            "documents": int(len(np.unique(packed.seg_doc))), "segments": int(len(packed.seg_doc)),
-            "split_documents": packed.split_docs, "sep_id": sep_id, "pad_id": pad_id,
-            "tokenizer_sha256": tokenizer_sha256, "bin_sha256": sha256_file(bin_path),
-            "index_sha256": sha256_file(index_path), **(extra or {})}
-    tmp_meta = _tmp(meta_path)
-    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    _fsync_replace(tmp_meta, meta_path)
-    return meta
+    writer = ShardWriter(folder, name, source=source, seq_len=seq_len, strategy=strategy, sep_id=sep_id,
+                         pad_id=pad_id, tokenizer_sha256=tokenizer_sha256)
+    writer.dtype = packed.tokens.dtype
+    ids = np.asarray(doc_ids, dtype=object)
+    writer.add(packed, pa.array(ids[packed.seg_doc] if len(packed.seg_doc) else [], pa.string()))
+    return writer.close(extra)
 
 
 def read_meta(folder: str | Path, name: str) -> dict:
