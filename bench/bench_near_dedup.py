@@ -11,52 +11,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from corpus import REPO, parquet_corpus  # noqa: E402
-
-
-def measure(cmd: list[str], env: dict | None = None) -> tuple[float, int, str]:
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            # Ray's workers are started by the raylet, outside the driver's tree: count the session.
-            peak = max(peak, session_rss(proc.pid))
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=sample)
-    thread.start()
-    out, err = proc.communicate()
-    done.set()
-    thread.join()
-    if proc.returncode:
-        raise RuntimeError(f"{cmd[0]} failed: {err[-2000:]}")
-    return time.perf_counter() - start, peak, out
-
-
-def session_rss(pid: int) -> int:
-    total = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getsid(int(entry)) == pid:
-                    with open(f"/proc/{entry}/statm") as handle:
-                        total += int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            except OSError:
-                continue
-    return total
+from measure import measure  # noqa: E402
 
 
 def main() -> None:
@@ -71,10 +32,12 @@ def main() -> None:
         pipeline.write_text(json.dumps({
             "input": {"path": [str(f) for f in files]}, "output": {"path": str(scratch / "ours")},
             "executor": {"kind": "ray", "num_cpus": 2, "dashboard": False}, "stages": [{"name": "minhash_dedup"}]}))
-        ours_s, ours_peak, _ = measure([str(REPO / ".venv" / "bin" / "curation"), "run", str(pipeline), "--no-progress"])
+        ours = measure([str(REPO / ".venv" / "bin" / "curation"), "run", str(pipeline), "--no-progress"])
+        ours_s, ours_peak = ours["seconds"], ours["peak_rss"]
         env = {**os.environ, "NLTK_DATA": str(REPO / ".cache" / "nltk_data")}
-        dt_s, dt_peak, _ = measure([str(REPO / ".venv-bench" / "bin" / "python"), str(REPO / "bench" / "_datatrove_minhash.py"),
-                                    str(files[0].parent), str(scratch / "datatrove"), str(args.shards)], env=env)
+        theirs = measure([str(REPO / ".venv-bench" / "bin" / "python"), str(REPO / "bench" / "_datatrove_minhash.py"),
+                          str(files[0].parent), str(scratch / "datatrove"), str(args.shards)], env=env)
+        dt_s, dt_peak = theirs["seconds"], theirs["peak_rss"]
         stats = json.loads((scratch / "ours" / "stats.json").read_text())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_dedup_scale import build  # noqa: E402
-from bench_peer import measure  # noqa: E402
+from measure import measure  # noqa: E402
 from corpus import REPO  # noqa: E402
 
 

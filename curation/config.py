@@ -131,17 +131,21 @@ def pipeline_from_dict(raw: Any, where: str = "<dict>") -> PipelineConfig:
     )
 
 
-def load_pipeline(path: str | Path) -> PipelineConfig:
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """A YAML file read with the safe loader (configs are untrusted input: never yaml.load)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"cannot read pipeline config {path}: {exc.strerror}") from exc
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
-        raw = yaml.safe_load(text)  # never yaml.load: configs are untrusted input
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    return pipeline_from_dict(raw, str(path))
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    return pipeline_from_dict(read_yaml(path, "pipeline config"), str(path))
 
 
 def with_overrides(config: PipelineConfig, *, output: str | None = None, executor: str | None = None,

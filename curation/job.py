@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from curation.config import PipelineConfig, pipeline_from_dict, with_overrides
+from curation.config import PipelineConfig, pipeline_from_dict, read_yaml, with_overrides
 from curation.executor import RunOptions, make_backend, run_pipeline
 from curation.io import write_json_atomic
 
@@ -51,12 +51,7 @@ class Job:
 
 def load_job(path: str | Path, **overrides: Any) -> Job:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # never yaml.load: configs are untrusted
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path, "job config")
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a pipeline config is a mapping")
     sections = {k: raw.pop(k) for k in JOB_SECTIONS if k in raw}

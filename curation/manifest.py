@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from curation.tokenizer.shards import ShardError, read_meta, sha256_file
 
@@ -73,12 +72,12 @@ def sequence_order(n: int, seed: int) -> np.ndarray:
 
 
 def _load_yaml(path: Path) -> dict:
+    from curation.config import read_yaml
+
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # never yaml.load: configs are untrusted
-    except OSError as exc:
-        raise ManifestError(f"cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
+        raw = read_yaml(path, "phases config")
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ManifestError(f"{path}: a phases config is a mapping with root, sources and phases")
     return raw
