@@ -191,8 +191,9 @@ class RayBackend:
 
 
 def _releasing(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """An aggregate task that hands Arrow's freed memory back to the system when it ends: the worker
-    process stays in Ray's pool, and would otherwise keep the task's peak."""
+    """A task that hands its freed memory back to the system when it ends (Arrow's pool, Python's
+    garbage, the C heap): the worker process stays in Ray's pool and would otherwise keep the task's
+    peak while later steps (the tokenizer trainer, say) need the memory."""
     import functools
 
     @functools.wraps(fn)
@@ -200,9 +201,17 @@ def _releasing(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(item)
         finally:
+            import ctypes
+            import gc
+
             import pyarrow as pa
 
+            gc.collect()
             pa.default_memory_pool().release_unused()
+            try:
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except (OSError, AttributeError):  # not glibc
+                pass
 
     return run
 
