@@ -26,3 +26,4 @@ bench: setup
 	.venv/bin/python bench/bench_loader.py
 	.venv/bin/python bench/bench_pack.py
 	.venv/bin/python bench/bench_peer.py
+	.venv/bin/python bench/bench_tokenizer_scale.py
