@@ -276,6 +276,9 @@ class Pack(GlobalStage):
 
     def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
         p = self._params(ctx)
+        # Every shard is done: a temporary file left now was a killed actor's, whose shard ran again.
+        for orphan in Path(p.out).rglob(".*.tmp-*"):
+            orphan.unlink(missing_ok=True)
         tails = [pq.read_table(path) for path in ctx.keys_paths]  # in corpus order; small: under seq_len per shard
         tails = [t for t in tails if t.num_rows]
         if tails and p.strategy == "concat":

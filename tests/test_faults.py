@@ -70,7 +70,12 @@ def test_twenty_random_worker_kills_give_identical_output(tmp_path, ray_instance
             rows += [{"id": r["id"], "text": r["text"]} for r in map(json.loads, handle) if r["text"]]
     for k in range(40):
         pq.write_table(pa.Table.from_pylist(rows[k::40]), folder / f"part{k:02d}.parquet")
-    config = {"input": {"path": [str(folder / "*.parquet")]}, "stages": STAGES}
+    from curation.tokenizer.train import train_tokenizer
+
+    tokenizer = train_tokenizer([r["text"] for r in rows[::20]], tmp_path / "tok", vocab_size=2000)
+    # pack last: its actors write token shards as they go, so a kill mid-shard leaves a half-written one
+    stages = STAGES + [{"name": "pack", "tokenizer": str(tokenizer), "seq_len": 512}]
+    config = {"input": {"path": [str(folder / "*.parquet")]}, "stages": stages}
     run({**config, "output": {"path": str(tmp_path / "clean")}, "executor": {"kind": "local"}})
 
     killer = Killer(seed=5)
@@ -89,6 +94,9 @@ def test_twenty_random_worker_kills_give_identical_output(tmp_path, ray_instance
         assert digest_folder(tmp_path / "faulted" / part) == digest_folder(tmp_path / "clean" / part)
     clean = json.loads((tmp_path / "clean" / "stats.json").read_text())
     assert stats["output"] == clean["output"] and stats["input"] == clean["input"]
+    packed = {p.relative_to(tmp_path / "clean"): p.read_bytes() for p in (tmp_path / "clean").glob("default/*")}
+    assert packed and all((tmp_path / "faulted" / rel).read_bytes() == data for rel, data in packed.items())
+    assert not list((tmp_path / "faulted").rglob(".*.tmp-*"))  # nothing half-written left behind
 
 
 def _mount_tmpfs(folder, size: str) -> bool:
