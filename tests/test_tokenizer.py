@@ -142,3 +142,18 @@ def test_counts_training_matches_the_plain_trainer(curated, tmp_path, ray_instan
         ours, _ = bytes_per_token(Tokenizer.from_file(str(on_ray)), groups[group])
         plain, _ = bytes_per_token(Tokenizer.from_file(str(stream)), groups[group])
         assert ours >= 0.98 * plain, (group, ours, plain)
+
+
+def test_counting_splits_like_the_tokenizer(curated):
+    """The counting pass splits with the `regex` module; it must give exactly the pre-tokens of
+    tokenizers' own Split (before the byte-level mapping) on every kind of text."""
+    import regex
+    from tokenizers import Regex, pre_tokenizers
+
+    from curation.tokenizer.train import PRE_TOKENIZER_PATTERN
+
+    split = pre_tokenizers.Split(Regex(PRE_TOKENIZER_PATTERN), behavior="isolated")
+    ours = regex.compile(PRE_TOKENIZER_PATTERN)
+    texts = [r["text"] for r in curated["rows"][::40]] + ["  spaces\t\ttabs\r\n\n  2024年12月 3.14159 don't ÉCOLE", "x" * 5000]
+    for text in texts:
+        assert ours.findall(text) == [piece for piece, _ in split.pre_tokenize_str(text)], text[:80]
