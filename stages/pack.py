@@ -63,6 +63,14 @@ class PackParams:
     tokenizer_sha256: str
 
 
+def _documents_of(values: np.ndarray, offsets: np.ndarray, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of the picked documents only (all of them: the arrays unchanged)."""
+    if len(picked) == len(offsets) - 1:
+        return values, offsets
+    sub_offsets = np.concatenate([[0], np.cumsum(np.diff(offsets)[picked])])
+    return np.concatenate([values[offsets[i]:offsets[i + 1]] for i in picked.tolist()]), sub_offsets
+
+
 class _SourcePacker:
     """One source's documents of the input shard being processed, packed as they arrive."""
 
@@ -241,11 +249,7 @@ class Pack(GlobalStage):
             if source not in self._packers:
                 self._packers[source] = _SourcePacker(p, source, position.shard_name)
                 self._documents[source] = 0
-            lengths = np.diff(offsets)[picked]
-            parts = [values[offsets[i]:offsets[i + 1]] for i in picked.tolist()] if len(picked) < len(sources) else [values]
-            sub_values = np.concatenate(parts) if len(picked) < len(sources) else values
-            sub_offsets = np.concatenate([[0], np.cumsum(lengths)]) if len(picked) < len(sources) else offsets
-            self._packers[source].add(sub_values, sub_offsets, ids[picked].tolist())
+            self._packers[source].add(*_documents_of(values, offsets, picked), ids[picked].tolist())
             self._documents[source] += len(picked)
         return None
 

@@ -255,3 +255,29 @@ def test_tampered_shard_is_refused(packed_concat, tmp_path):
     open_shard(copy, name)  # structure is fine...
     with pytest.raises(ShardError, match="sha256"):
         open_shard(copy, name, verify=True)  # ...the checksum is not
+
+
+def test_sources_mixed_inside_one_shard(tokenizer_file, tmp_path):
+    """Sources taken from a column: documents of several sources in one batch are packed apart, each
+    round trip exact."""
+    rows = [{"id": f"g{i}", "text": r["text"], "dataset": "prose"} for i, r in enumerate(read_jsonl("en_gum_docs.jsonl.gz", 40))]
+    rows += [{"id": f"m{i}", "text": r["text"], "dataset": "news"} for i, r in enumerate(read_jsonl("zh_msra_news.jsonl.gz", 40))]
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "mixed.parquet")
+    out = tmp_path / "packed"
+    assert cli_main(["pack", "--tokenizer", str(tokenizer_file), "--out", str(out), "--executor", "local",
+                     "--seq-len", "256", str(tmp_path / "mixed.parquet")]) == 0
+    summary = json.loads((out / "pack.json").read_text())
+    assert set(summary["sources"]) == {"prose", "news"}
+    pieces, _, _ = _documents_from_index(out, summary)
+    encoder = Encoder(tokenizer_file)
+    texts = {r["id"]: (r["text"], r["dataset"]) for r in rows}
+    assert set(pieces) == set(texts)
+    for doc_id, parts in pieces.items():
+        parts.sort(key=lambda p: p[0])
+        assert encoder.decode(np.concatenate([t for _, t in parts])[:-1]) == texts[doc_id][0]
+    for source in ("prose", "news"):
+        ids = set()
+        for shard in summary["sources"][source]["shards"]:
+            ids |= set(open_shard(out / source, shard["name"]).doc_ids.to_pylist())
+        assert {texts[i][1] for i in ids} == {source}

@@ -97,14 +97,12 @@ def train_from_shards(inputs: list[str], out_dir: str | Path, spec, vocab_size: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".counts-") as work:
-        if backend is None:
-            from curation.config import ExecutorConfig
-            from curation.executor import make_backend
+        from contextlib import nullcontext
 
-            with make_backend(ExecutorConfig(kind="ray")) as backend:
-                merged, info = counting.count_pretokens(inputs, spec, totals, PRE_TOKENIZER_PATTERN, work, backend,
-                                                        options.min_count, options.partitions)
-        else:
+        from curation.config import ExecutorConfig
+        from curation.executor import make_backend
+
+        with make_backend(ExecutorConfig(kind="ray")) if backend is None else nullcontext(backend) as backend:
             merged, info = counting.count_pretokens(inputs, spec, totals, PRE_TOKENIZER_PATTERN, work, backend,
                                                     options.min_count, options.partitions)
         table = counting.top_words(merged, options.max_words)
