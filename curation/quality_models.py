@@ -164,11 +164,12 @@ class Unigrams:
 class DocumentScores:
     ppl: np.ndarray  # perplexity over all lines (NaN: no line)
     lm_score: np.ndarray  # (log10 P_lm - log10 P_unigram) per token: fluency beyond word frequency
-    line_ppl: list[np.ndarray]  # per non-empty line (paragraph)
+    line_ppl: list[np.ndarray] | None  # per non-empty line (paragraph), where asked for
 
 
 def score_documents(model, normalised: pa.Array, unigrams: Unigrams | None = None) -> DocumentScores:
-    """KenLM scores of normalised documents; each line a sentence with <s> and </s>, as CCNet does."""
+    """KenLM scores of normalised documents through the `kenlm` module; each line a sentence with <s>
+    and </s>, as CCNet does."""
     lm_text, _ = _text()
     line_array, parent = lm_text.lines(normalised)
     score = model.score
@@ -178,15 +179,31 @@ def score_documents(model, normalised: pa.Array, unigrams: Unigrams | None = Non
     words = lm_text.token_counts(line_array).astype(np.float64) + 1  # + </s>
     parent = parent.to_numpy()
     n = len(normalised)
-    total_lp = np.bincount(parent, weights=logprob, minlength=n)
-    total_words = np.bincount(parent, weights=words, minlength=n)
+    unigram_lp = None
+    if unigrams is not None:
+        unigram_lp = np.bincount(parent, weights=unigrams.line_log10p(line_array), minlength=n) if len(line_array) else np.zeros(n)
+    return _document_scores(np.bincount(parent, weights=logprob, minlength=n), np.bincount(parent, weights=words, minlength=n),
+                            unigram_lp, (logprob, words, parent))
+
+
+def score_native(scorer, text: pa.Array, cjk: bool, lm_score: bool, per_line: bool) -> DocumentScores:
+    """The same scores from the compiled scorer (`curation.kenlm_native`), on raw text."""
+    lp, words, unigram_lp, lines = scorer.score(text, cjk, per_line)
+    return _document_scores(lp, words, unigram_lp if lm_score else None, lines)
+
+
+def _document_scores(total_lp: np.ndarray, total_words: np.ndarray, unigram_lp: np.ndarray | None,
+                     lines: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> DocumentScores:
+    n = len(total_lp)
     has_text = total_words > 0
     safe_words = np.maximum(total_words, 1)
     ppl = np.where(has_text, 10.0 ** (-total_lp / safe_words), np.nan)
     lm_score = np.full(n, np.nan)
-    if unigrams is not None:
-        unigram_lp = np.bincount(parent, weights=unigrams.line_log10p(line_array), minlength=n) if len(line_array) else np.zeros(n)
+    if unigram_lp is not None:
         lm_score = np.where(has_text, (total_lp - unigram_lp) / safe_words, np.nan)
+    if lines is None:
+        return DocumentScores(ppl, lm_score, None)
+    logprob, words, parent = lines
     with np.errstate(divide="ignore", invalid="ignore"):
         line_ppl = 10.0 ** (-logprob / words)
     bounds = np.searchsorted(parent, np.arange(n + 1))

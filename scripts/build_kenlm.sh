@@ -1,45 +1,67 @@
 #!/usr/bin/env bash
-# Build KenLM's `lmplz` and `build_binary` from the `kenlm` sdist on PyPI and cache them, so that
-# `curation train-lm` has them. Installs the Debian build packages it needs (cmake, Boost, Eigen,
-# compression libraries) when they are missing. Idempotent: a cached build of the same version is kept.
-#   CURATION_KENLM_DIR   where the binaries go (default ~/.cache/curation/kenlm)
+# Build KenLM from the `kenlm` sdist on PyPI and cache it, so that `curation train-lm` has `lmplz` and
+# `build_binary` and the `quality` stage has its compiled batch scorer (curation/native/kenlm_scorer.cc
+# linked against KenLM's libraries: lib/libcuration_kenlm.so). Installs the Debian build packages it
+# needs (cmake, Boost, Eigen, compression libraries) when they are missing. Idempotent: a cached build
+# of the same version is kept; the scorer is rebuilt only when its source changes (a few seconds).
+#   CURATION_KENLM_DIR   where the build goes (default ~/.cache/curation/kenlm)
 set -euo pipefail
 
 VERSION=0.3.0
+BUILD="$VERSION-2"  # 2: KenLM's libraries and headers are kept for the scorer
+MAX_ORDER=7
 DEST="${CURATION_KENLM_DIR:-$HOME/.cache/curation/kenlm}"
 PYTHON="${PYTHON:-python3}"
+SCORER_SOURCE="$(cd "$(dirname "$0")/.." && pwd)/curation/native/kenlm_scorer.cc"
 
-if [[ -x "$DEST/bin/lmplz" && -x "$DEST/bin/build_binary" && "$(cat "$DEST/VERSION" 2>/dev/null)" == "$VERSION" ]]; then
-  exit 0
-fi
-
-PACKAGES=(cmake g++ make libboost-program-options-dev libboost-system-dev libboost-thread-dev
-          libboost-test-dev libeigen3-dev zlib1g-dev libbz2-dev liblzma-dev)
-missing=()
-for package in "${PACKAGES[@]}"; do
-  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-done
-if (( ${#missing[@]} )); then
+install_packages() {
+  local missing=()
+  for package in "$@"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  (( ${#missing[@]} )) || return 0
   echo "kenlm: installing build packages: ${missing[*]}"
-  SUDO=""
-  [[ "$(id -u)" == 0 ]] || SUDO="sudo"
+  local sudo=""
+  [[ "$(id -u)" == 0 ]] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
-    $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${missing[@]}" >/dev/null
+  $sudo apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+    $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "${missing[@]}" >/dev/null
   }
+}
+
+if ! [[ -x "$DEST/bin/lmplz" && -x "$DEST/bin/build_binary" && -f "$DEST/lib/libkenlm.a" \
+        && "$(cat "$DEST/VERSION" 2>/dev/null)" == "$BUILD" ]]; then
+  install_packages cmake g++ make libboost-program-options-dev libboost-system-dev libboost-thread-dev \
+                   libboost-test-dev libeigen3-dev zlib1g-dev libbz2-dev liblzma-dev
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  echo "kenlm: building lmplz, build_binary and KenLM's libraries $VERSION (about a minute)"
+  "$PYTHON" -m pip download --quiet --no-deps --no-binary kenlm "kenlm==$VERSION" -d "$work" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+  tar -xzf "$work/kenlm-$VERSION.tar.gz" -C "$work"
+  src="$work/kenlm-$VERSION"
+  cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DKENLM_MAX_ORDER=$MAX_ORDER >"$work/cmake.log" 2>&1 \
+    || { cat "$work/cmake.log"; exit 1; }
+  make -C "$work/build" -j"$(nproc)" lmplz build_binary kenlm kenlm_util >"$work/make.log" 2>&1 \
+    || { tail -50 "$work/make.log"; exit 1; }
+  rm -rf "$DEST.tmp"
+  mkdir -p "$DEST.tmp/bin" "$DEST.tmp/lib" "$DEST.tmp/include"
+  cp "$work/build/bin/lmplz" "$work/build/bin/build_binary" "$DEST.tmp/bin/"
+  cp "$work/build/lib/libkenlm.a" "$work/build/lib/libkenlm_util.a" "$DEST.tmp/lib/"
+  (cd "$src" && find lm util -name '*.hh' -o -name '*.h') | (cd "$src" && xargs cp --parents -t "$DEST.tmp/include")
+  echo "$BUILD" >"$DEST.tmp/VERSION"
+  rm -rf "$DEST"
+  mv "$DEST.tmp" "$DEST"
+  echo "kenlm: $DEST"
 fi
 
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-echo "kenlm: building lmplz and build_binary $VERSION (about a minute)"
-"$PYTHON" -m pip download --quiet --no-deps --no-binary kenlm "kenlm==$VERSION" -d "$work"
-tar -xzf "$work/kenlm-$VERSION.tar.gz" -C "$work"
-cmake -S "$work/kenlm-$VERSION" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DKENLM_MAX_ORDER=7 >"$work/cmake.log" 2>&1 \
-  || { cat "$work/cmake.log"; exit 1; }
-make -C "$work/build" -j"$(nproc)" lmplz build_binary >"$work/make.log" 2>&1 || { tail -50 "$work/make.log"; exit 1; }
-mkdir -p "$DEST/bin.tmp"
-cp "$work/build/bin/lmplz" "$work/build/bin/build_binary" "$DEST/bin.tmp/"
-rm -rf "$DEST/bin"
-mv "$DEST/bin.tmp" "$DEST/bin"
-echo "$VERSION" >"$DEST/VERSION"
-echo "kenlm: $DEST/bin"
+# The batch scorer: one C++ file against the cached libraries, rebuilt when the source changes.
+stamp="$(sha256sum "$SCORER_SOURCE" | cut -c1-16)"
+if [[ "$(cat "$DEST/lib/scorer.sha256" 2>/dev/null)" != "$stamp" || ! -f "$DEST/lib/libcuration_kenlm.so" ]]; then
+  install_packages g++ zlib1g-dev libbz2-dev liblzma-dev
+  g++ -O3 -std=c++17 -shared -fPIC -DKENLM_MAX_ORDER=$MAX_ORDER -I"$DEST/include" "$SCORER_SOURCE" \
+      "$DEST/lib/libkenlm.a" "$DEST/lib/libkenlm_util.a" -lz -lbz2 -llzma -lpthread -o "$DEST/lib/libcuration_kenlm.so.tmp"
+  mv "$DEST/lib/libcuration_kenlm.so.tmp" "$DEST/lib/libcuration_kenlm.so"
+  echo "$stamp" >"$DEST/lib/scorer.sha256"
+  echo "kenlm: scorer $DEST/lib/libcuration_kenlm.so"
+fi

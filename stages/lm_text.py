@@ -29,9 +29,9 @@ _IS_PUNCT = np.zeros(256, dtype=bool)
 _IS_PUNCT[np.frombuffer(_PUNCT, dtype=np.uint8)] = True
 _IS_SPACE = np.zeros(256, dtype=bool)
 _IS_SPACE[np.frombuffer(b" \t\r\n\x0b\x0c", dtype=np.uint8)] = True
-_UNICODE_PUNCT = (r"([\x{00A1}-\x{00BF}\x{00D7}\x{00F7}\x{2010}-\x{205E}\x{3000}-\x{303F}\x{FF01}-\x{FF0F}"
+UNICODE_PUNCT = (r"([\x{00A1}-\x{00BF}\x{00D7}\x{00F7}\x{2010}-\x{205E}\x{3000}-\x{303F}\x{FF01}-\x{FF0F}"
                   r"\x{FF1A}-\x{FF20}\x{FF3B}-\x{FF40}\x{FF5B}-\x{FF65}])")
-_CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"
+CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"
 
 
 def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -77,9 +77,9 @@ def normalise(text: pa.Array, cjk: bool = False, lower: bool = True) -> pa.Array
     non_ascii = pc.invert(pc.string_is_ascii(out))
     if len(out) and pc.any(non_ascii).as_py():
         rows = pc.filter(out, non_ascii)
-        rows = pc.replace_substring_regex(rows, _UNICODE_PUNCT, r" \1 ")
+        rows = pc.replace_substring_regex(rows, UNICODE_PUNCT, r" \1 ")
         if cjk:
-            rows = pc.replace_substring_regex(rows, _CJK_CHAR, r" \1 ")
+            rows = pc.replace_substring_regex(rows, CJK_CHAR, r" \1 ")
         out = pc.replace_with_mask(out, non_ascii, rows)
     return _ascii_pass(out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out)
 
@@ -107,8 +107,9 @@ def token_counts(line_array: pa.Array) -> np.ndarray:
 
 
 def tokens(line_array: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """(every token of every line, line index of each token): KenLM's white-space tokens."""
-    split = pc.utf8_split_whitespace(line_array)
+    """(every token of every line, line index of each token): KenLM's white-space tokens (split on ASCII
+    white space only, as KenLM splits: a no-break space stays inside a token)."""
+    split = pc.split_pattern_regex(line_array, r"[ \t\n\r\x0b\x0c]+")
     flat = split.flatten()
     parent = pc.list_parent_indices(split)
     nonempty = pc.not_equal(flat, "")

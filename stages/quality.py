@@ -24,7 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.models import ModelError, check_fasttext_file
-from curation.quality_models import Unigrams, check_kenlm_binary, check_unchanged, classifier_text, read_meta, score_documents
+from curation import kenlm_native
+from curation.quality_models import (Unigrams, check_kenlm_binary, check_unchanged, classifier_text, read_meta, score_documents,
+                                     score_native)
 from curation.stage import TEXT, Stage, drop_rows, live_mask, register_stage, set_column
 from curation.stages import lm_text
 
@@ -76,6 +78,9 @@ class PerplexityQuality(_PerLanguage):
         min_lm_score: float | None = None
         lm_score: bool = True  # false: perplexity only, about 1.3x faster (bench/bench_quality.py)
         paragraph_ppl: bool = False  # also `paragraph_ppl`: one value per non-empty line
+        # "native": the compiled batch scorer built by scripts/build_kenlm.sh (curation.kenlm_native);
+        # "python": the `kenlm` module, line by line; "auto": native where it is built
+        scorer: str = "auto"
 
         def __post_init__(self) -> None:
             object.__setattr__(self, "drop_buckets", tuple(self.drop_buckets))
@@ -84,10 +89,15 @@ class PerplexityQuality(_PerLanguage):
                 raise ValueError(f"drop_buckets: unknown bucket(s) {sorted(unknown)}; buckets are {BUCKETS}")
             if self.bucket_by not in ("ppl", "lm_score"):
                 raise ValueError("bucket_by must be 'ppl' or 'lm_score'")
+            if self.scorer not in ("auto", "native", "python"):
+                raise ValueError("scorer must be 'auto', 'native' or 'python'")
 
     def setup(self) -> None:
         import kenlm
 
+        native = self.config.scorer != "python" and kenlm_native.library() is not None
+        if self.config.scorer == "native" and not native:
+            raise ModelError(f"scorer: native, but {kenlm_native.library_path()} is not built: run scripts/build_kenlm.sh")
         meta = read_meta(self.config.model_dir).get("kenlm", {})
         if not meta:
             raise ModelError(f"no KenLM model in {self.config.model_dir}: train one with "
@@ -102,9 +112,14 @@ class PerplexityQuality(_PerLanguage):
             if not unigram_path.exists():
                 raise ModelError(f"{unigram_path} is missing (written by `curation train-lm` beside {path.name}): train again")
             check_unchanged(unigram_path, entry.get("unigrams_sha256"))
-            self._models[lang] = kenlm.Model(str(path))
-            self._unigrams[lang] = Unigrams.load(unigram_path)
+            self._unigrams[lang] = unigrams = Unigrams.load(unigram_path)
+            if native:
+                self._models[lang] = kenlm_native.NativeScorer(path)
+                self._models[lang].set_unigrams(unigrams.words, unigrams.log10p[:-1], unigrams.oov, unigrams.eos)
+            else:
+                self._models[lang] = kenlm.Model(str(path))
             self._entries[lang] = entry
+        self._native = native
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         if not hasattr(self, "_models"):
@@ -117,8 +132,13 @@ class PerplexityQuality(_PerLanguage):
         for lang, rows in self._groups(batch, self._models):
             entry = self._entries[lang]
             text = pc.take(batch.column(TEXT), pa.array(rows))
-            scores = score_documents(self._models[lang], lm_text.normalise(text, entry["cjk_characters"]),
-                                     self._unigrams[lang] if self.config.lm_score else None)
+            if self._native:
+                scores = score_native(self._models[lang], text, entry["cjk_characters"], self.config.lm_score,
+                                      self.config.paragraph_ppl)
+            else:
+                self.metrics["python_scorer"] += len(rows)
+                scores = score_documents(self._models[lang], lm_text.normalise(text, entry["cjk_characters"]),
+                                         self._unigrams[lang] if self.config.lm_score else None)
             ppl[rows], lm_score[rows] = scores.ppl, scores.lm_score
             cut = entry["cutoffs"][self.config.bucket_by]
             if self.config.bucket_by == "ppl":
