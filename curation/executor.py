@@ -54,6 +54,9 @@ class LocalBackend:
     def __exit__(self, *exc: object) -> None:
         pass
 
+    def release(self) -> None:
+        pass
+
     def map_shards(self, processor: ShardProcessor, shards: list[Shard],
                    stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[Shard, dict[str, Any]]]:
         for shard in shards:
@@ -69,8 +72,18 @@ class LocalBackend:
         return 0
 
 
+# Every Ray process of ours is a pooled StageWorker actor (below), so the embedded instance keeps no
+# other worker processes: Ray would otherwise prestart one per CPU at start-up and keep idle ones.
+EMBEDDED_RAY_SYSTEM_CONFIG = {"num_workers_soft_limit": 0, "enable_worker_prestart": False,
+                              "prestart_worker_first_driver": False}
+
+
 class RayBackend:
-    """Stage workers as Ray actors; one per CPU that Ray offers unless `num_workers` says otherwise."""
+    """Ray actors, one per CPU, kept for the whole run: each pass's shards stream through them (the
+    stages set up once per pass) and the aggregate steps' tasks (`map`) run in them too. One set of
+    processes instead of actors per pass plus task workers: Ray keeps idle task workers (about 0.2 GB
+    each, imports and heap) alive beside the next pass's actors, which made the run's peak memory
+    (bench/bench_peer.py), and a new process per pass costs a second of start-up."""
 
     name = "ray"
 
@@ -78,6 +91,8 @@ class RayBackend:
         self.config = config
         self._started_ray = False
         self._retries = 0
+        self._pool: list[Any] = []  # live actors (started or starting)
+        self._ready: set[Any] = set()  # actors known to have started
 
     def __enter__(self) -> "RayBackend":
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -90,57 +105,95 @@ class RayBackend:
             else:
                 # The embedded default: a local Ray instance started (and stopped) by the library.
                 ray.init(num_cpus=self.config.num_cpus, include_dashboard=self.config.dashboard,
-                         object_store_memory=512 * 1024 * 1024, **kwargs)
+                         object_store_memory=512 * 1024 * 1024, _system_config=EMBEDDED_RAY_SYSTEM_CONFIG, **kwargs)
                 self._started_ray = True
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
         if self._started_ray:
             import ray
 
             ray.shutdown()
 
+    def release(self) -> None:
+        """Stop the pooled actors (their memory goes back): before work on the driver that needs it."""
+        import ray
+
+        for actor in self._pool:
+            ray.kill(actor, no_restart=True)
+        self._pool, self._ready = [], set()
+
     @property
     def retries(self) -> int:
         return self._retries
 
-    def _worker_count(self, shards: int) -> int:
+    def _worker_count(self, items: int) -> int:
         import ray
 
         if self.config.num_workers:
             wanted = self.config.num_workers
         else:
             wanted = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        return max(1, min(wanted, shards))
+        return max(1, min(wanted, items))
 
-    def map_shards(self, processor: ShardProcessor, shards: list[Shard],
-                   stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[Shard, dict[str, Any]]]:
-        """Yield (shard, result) as shards finish. Once `stop()` is true no new shard starts, but the
-        running ones finish and commit, so a failing run leaves no half-written output behind."""
+    def _new_actor(self) -> Any:
+        import ray
+
+        actor = ray.remote(num_cpus=1, max_restarts=0)(StageWorker).remote()
+        self._pool.append(actor)
+        return actor
+
+    def _discard(self, actor: Any) -> None:
+        import ray
+
+        ray.kill(actor, no_restart=True)
+        if actor in self._pool:
+            self._pool.remove(actor)
+        self._ready.discard(actor)
+
+    def _workers(self, items: int) -> list[Any]:
+        """The pool grown to the work's size: actors already there first."""
+        while len(self._pool) < self._worker_count(items):
+            self._new_actor()
+        return list(self._pool)
+
+    def _schedule(self, items: list[Any], start: Callable[[Any], Any], submit: Callable[[Any, Any], Any],
+                  what: Callable[[Any], str], stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[Any, Any]]:
+        """Run `submit(actor, item)` for every item on the pool, one item per actor at a time, yielding
+        (position of the item, result) as they finish. `start(actor)` prepares an actor first (None: nothing to do);
+        items go only to prepared actors, so after a node is lost an actor that cannot be placed waits
+        without holding work while the others carry on. An item whose actor died (killed, out of
+        memory, node lost) runs again on another one, up to `max_retries` times."""
         import ray
         from ray.exceptions import RayActorError, WorkerCrashedError
 
-        worker_cls = ray.remote(num_cpus=1, max_restarts=0)(StageWorker)
-        pending = list(reversed(shards))  # pop() takes them in corpus order
+        if not items:
+            return
+        pending = list(reversed(range(len(items))))  # positions; pop() takes them in order
         attempts: dict[int, int] = {}
         idle: list[Any] = []
-        running: dict[Any, tuple[Any, Shard]] = {}
-        # Actors get work only once started (set up): after a node is lost, an actor that cannot be placed
-        # waits here without holding a shard, and the others carry on.
+        running: dict[Any, tuple[Any, int]] = {}
         starting: dict[Any, Any] = {}
 
-        def start_actor() -> None:
-            actor = worker_cls.remote(processor)
-            starting[actor.__ray_ready__.remote()] = actor
+        def prepare(actor: Any) -> None:
+            ref = start(actor)
+            if ref is None and actor in self._ready:
+                idle.append(actor)
+            else:
+                starting[ref if ref is not None else actor.__ray_ready__.remote()] = actor
 
-        for _ in range(self._worker_count(len(shards))):
-            start_actor()
+        def replace() -> None:
+            if len(idle) + len(running) + len(starting) < self._worker_count(len(pending) + len(running)):
+                prepare(self._new_actor())
+
+        for actor in self._workers(len(items)):
+            prepare(actor)
         try:
             while (pending and not stop()) or running:
                 while pending and idle and not stop():
-                    actor = idle.pop()
-                    shard = pending.pop()
-                    running[actor.process.remote(shard)] = (actor, shard)
+                    actor, position = idle.pop(), pending.pop()
+                    running[submit(actor, items[position])] = (actor, position)
                 timeout = None if running else self.config.start_timeout_s
                 done, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=timeout)
                 if not done:
@@ -151,49 +204,83 @@ class RayBackend:
                     actor = starting.pop(ref)
                     try:
                         ray.get(ref)
-                    except RayActorError as exc:
-                        if getattr(exc, "actor_init_failed", False):  # setup() raised: a config or model error
-                            raise PipelineError(f"a stage worker failed to set up: {exc}") from None
-                        if len(idle) + len(running) + len(starting) < self._worker_count(len(pending) + len(running)):
-                            start_actor()  # killed while starting: another one
+                    except (RayActorError, WorkerCrashedError):
+                        self._discard(actor)  # killed while starting: another one
+                        replace()
                         continue
+                    except ray.exceptions.RayTaskError as exc:  # setup() raised: a config or model error
+                        raise PipelineError(f"a stage worker failed to set up: {exc}") from None
+                    self._ready.add(actor)
                     idle.append(actor)
                     continue
-                actor, shard = running.pop(ref)
+                actor, position = running.pop(ref)
                 try:
                     result = ray.get(ref)
                 except (RayActorError, WorkerCrashedError) as exc:
-                    # The worker died (killed, out of memory, node lost): nothing of the shard was
-                    # committed, so it runs again from the start on another actor.
-                    attempts[shard.index] = attempts.get(shard.index, 0) + 1
+                    # Nothing of the item was committed: it runs again from the start on another actor.
+                    attempts[position] = attempts.get(position, 0) + 1
                     self._retries += 1
-                    if attempts[shard.index] > self.config.max_retries:
-                        raise PipelineError(
-                            f"{shard.path}: its worker died {attempts[shard.index]} times; last error: {exc}"
-                        ) from None
-                    log.warning("worker died on %s (attempt %d), retrying: %s", shard.name, attempts[shard.index], exc)
-                    ray.kill(actor, no_restart=True)
-                    pending.append(shard)
-                    if len(idle) + len(running) + len(starting) < self._worker_count(len(pending) + len(running)):
-                        start_actor()
+                    name = what(items[position])
+                    if attempts[position] > self.config.max_retries:
+                        raise PipelineError(f"{name}: its worker died {attempts[position]} times; last error: {exc}") from None
+                    log.warning("worker died on %s (attempt %d), retrying: %s", name, attempts[position], exc)
+                    self._discard(actor)
+                    pending.append(position)
+                    replace()
                     continue
                 idle.append(actor)
-                yield shard, result
+                yield position, result
         finally:
-            for actor in [a for a, _ in running.values()] + idle + list(starting.values()):
-                ray.kill(actor, no_restart=True)
+            # Actors still holding work when the caller stops early are stopped: nothing half-done
+            # stays running. The others stay in the pool.
+            for actor, _ in running.values():
+                self._discard(actor)
+
+    def map_shards(self, processor: ShardProcessor, shards: list[Shard],
+                   stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[Shard, dict[str, Any]]]:
+        """Yield (shard, result) as shards finish. Once `stop()` is true no new shard starts, but the
+        running ones finish and commit, so a failing run leaves no half-written output behind."""
+        import ray
+        from ray.exceptions import RayActorError, WorkerCrashedError
+
+        for position, result in self._schedule(shards, lambda actor: actor.load.remote(processor),
+                                               lambda actor, shard: actor.process.remote(shard), lambda shard: shard.path, stop):
+            yield shards[position], result
+        # The pass's models go. Only actors that started: one that cannot be placed (its node was lost)
+        # would never answer.
+        for actor, ref in [(actor, actor.unload.remote()) for actor in self._pool if actor in self._ready]:
+            try:
+                ray.get(ref)
+            except (RayActorError, WorkerCrashedError):
+                self._discard(actor)
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
-        import ray
+        items = list(items)
+        results: list[Any] = [None] * len(items)
+        for position, result in self._schedule(items, lambda actor: None, lambda actor, item: actor.call.remote(fn, item),
+                                               lambda item: f"{getattr(fn, '__name__', 'task')}({str(item)[:200]})"):
+            results[position] = result
+        return results
 
-        remote = ray.remote(num_cpus=1, max_retries=self.config.max_retries)(_releasing(fn))
-        return ray.get([remote.remote(item) for item in items])
+
+def _release_memory() -> None:
+    """Hand freed memory back to the system (Python's garbage, Arrow's pool, the C heap): the process
+    stays in the pool and would otherwise keep a task's peak while later steps need the memory."""
+    import ctypes
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _releasing(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A task that hands its freed memory back to the system when it ends (Arrow's pool, Python's
-    garbage, the C heap): the worker process stays in Ray's pool and would otherwise keep the task's
-    peak while later steps (the tokenizer trainer, say) need the memory."""
+    """`fn`, releasing its memory when it ends."""
     import functools
 
     @functools.wraps(fn)
@@ -201,33 +288,36 @@ def _releasing(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(item)
         finally:
-            import ctypes
-            import gc
-
-            import pyarrow as pa
-
-            gc.collect()
-            pa.default_memory_pool().release_unused()
-            try:
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
-            except (OSError, AttributeError):  # not glibc
-                pass
+            _release_memory()
 
     return run
 
 
 class StageWorker:
-    """The Ray actor: stages are set up once when the actor starts, then shards stream through it."""
+    """The Ray actor: one per CPU for the run. `load` sets a pass's stages up once, then shards stream
+    through them; `call` runs an aggregate step's task in the same process."""
 
-    def __init__(self, processor: ShardProcessor) -> None:
+    def __init__(self) -> None:
         # One tokenizers (Rayon) thread per actor: an actor holds one CPU, and more threads would only
         # fight the other actors for the same cores. Read when the pool starts, at the first encode.
         os.environ.setdefault("RAYON_NUM_THREADS", "1")
+        self.processor: ShardProcessor | None = None
+
+    def load(self, processor: ShardProcessor) -> None:
+        self.unload()
+        processor.setup()
         self.processor = processor
-        self.processor.setup()
+
+    def unload(self) -> None:
+        self.processor = None
+        _release_memory()
 
     def process(self, shard: Shard) -> dict[str, Any]:
+        assert self.processor is not None, "load() first"
         return self.processor.process(shard)
+
+    def call(self, fn: Callable[..., Any], item: Any) -> Any:
+        return _releasing(fn)(item)
 
 
 def make_backend(config: ExecutorConfig) -> LocalBackend | RayBackend:

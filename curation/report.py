@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.dataset as ds
 
 MAX_ROWS = 500_000  # rows read for the per-document plots (a random-free prefix of each file is enough)
 
@@ -56,6 +55,8 @@ def _barh(labels: list[str], values: list[float], title: str, xlabel: str, color
 
 
 def _columns(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
+    import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
+
     files = sorted(folder.glob("*.parquet")) if folder.exists() else []
     if not files:
         return {}

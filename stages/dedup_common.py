@@ -9,7 +9,6 @@ import os
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from curation.io import AtomicParquetWriter
@@ -51,6 +50,8 @@ def write_partitions(table: pa.Table, part: np.ndarray, parts_dir: str, name: st
 
 
 def read_partition(part_dir: str) -> pa.Table | None:
+    import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
+
     files = sorted(glob.glob(os.path.join(part_dir, "*.parquet")))
     if not files:
         return None
@@ -63,6 +64,8 @@ class AppliesDecisions:
     reason = "duplicate"
 
     def prepare(self, work_dir: str, shard_index: int) -> None:
+        import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
+
         files = sorted(glob.glob(os.path.join(work_dir, "decisions", "*.parquet")))
         table = ds.dataset(files, format="parquet", schema=DECISION_SCHEMA).to_table(filter=ds.field("shard") == shard_index)
         self._decisions = table.sort_by("row")

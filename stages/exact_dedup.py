@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from curation.io import AtomicParquetWriter
 from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStage, live_mask, register_stage
@@ -45,6 +44,8 @@ def text_hashes(text: pa.Array) -> pa.FixedSizeBinaryArray:
 
 def _reduce_partition(args: tuple[str, str]) -> dict[str, int]:
     """Shuffle reduce: within one partition, keep the first copy of each hash."""
+    import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
+
     part_dir, out_path = args
     files = sorted(glob.glob(os.path.join(part_dir, "*.parquet")))
     table = ds.dataset(files, format="parquet").to_table() if files else None

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from curation.io import AtomicParquetWriter
 from curation.stage import TEXT, AggregateContext, BatchPosition, GlobalStage, drop_rows, live_mask, register_stage, set_column
@@ -89,6 +88,8 @@ class ParagraphDedup(GlobalStage):
         return {key: sum(r[key] for r in results) for key in ("paragraphs", "duplicate_paragraphs")}
 
     def prepare(self, work_dir: str, shard_index: int) -> None:
+        import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
+
         files = sorted(glob.glob(os.path.join(work_dir, "removals", "*.parquet")))
         table = ds.dataset(files, format="parquet", schema=REMOVAL_SCHEMA).to_table(filter=ds.field("shard") == shard_index)
         table = table.sort_by([("row", "ascending"), ("paragraph", "ascending")])

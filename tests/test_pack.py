@@ -281,3 +281,18 @@ def test_sources_mixed_inside_one_shard(tokenizer_file, tmp_path):
         for shard in summary["sources"][source]["shards"]:
             ids |= set(open_shard(out / source, shard["name"]).doc_ids.to_pylist())
         assert {texts[i][1] for i in ids} == {source}
+
+
+def test_encoding_in_pieces_equals_one_call(tokenizer_file, monkeypatch):
+    """Encoder.encode works in pieces of text (bounded memory): the ids are those of one batch call,
+    whatever the piece size, with documents longer than a piece and empty ones."""
+    from curation.tokenizer import encode as encode_module
+
+    encoder = Encoder(tokenizer_file)
+    texts = [r["text"] for r in read_jsonl("en_gum_docs.jsonl.gz", 40)] + ["", "x"] + \
+        [r["text"] for r in read_jsonl("zh_msra_news.jsonl.gz", 40)]
+    expected = encoder.tokenizer.encode_batch(texts, add_special_tokens=False)
+    for chunk in (1, 5_000, 10**9):
+        monkeypatch.setattr(encode_module, "ENCODE_CHUNK_CHARS", chunk)
+        values, offsets = encoder.encode(pa.array(texts))
+        assert [values[offsets[i]:offsets[i + 1]].tolist() for i in range(len(texts))] == [e.ids for e in expected]

@@ -105,6 +105,8 @@ def train_from_shards(inputs: list[str], out_dir: str | Path, spec, vocab_size: 
         with make_backend(ExecutorConfig(kind="ray")) if backend is None else nullcontext(backend) as backend:
             merged, info = counting.count_pretokens(inputs, spec, totals, PRE_TOKENIZER_PATTERN, work, backend,
                                                     options.min_count, options.partitions)
+            # the trainer runs here, on the driver: the counting actors' memory and CPUs go back first
+            backend.release()
         table = counting.top_words(merged, options.max_words)
     info["trained_pretokens"] = table.num_rows
     meta["counts"] = {**info, **dataclasses.asdict(options)}
