@@ -145,19 +145,23 @@ def _diagnose_jsonl(path: str, arrow_message: str) -> str:
 
 
 MAX_JSONL_BLOCK = 1 << 30  # a single JSON line up to 1 GiB
+JSONL_BLOCK = 4 << 20
 
 
 def _read_jsonl(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
-    """Stream a JSONL shard. A line longer than the block (one huge document) makes Arrow's reader
-    stop; the file is then reopened with a block large enough and the rows already given skipped."""
-    block, given = config.block_bytes, 0
+    """Stream a JSONL shard in batches of about `block_bytes` of text. Arrow reads blocks of at least
+    JSONL_BLOCK: it infers the columns' types from the first block, and a column null all through a
+    small first block and a string later is an error. A line longer than the block (one huge
+    document) makes Arrow's reader stop; the file is then reopened with a block large enough and the
+    rows already given skipped."""
+    block, given = max(config.block_bytes, JSONL_BLOCK), 0
     while True:
         try:
             reader = pa_json.open_json(shard.path, read_options=pa_json.ReadOptions(block_size=block))
             seen = 0
             for batch in reader:
                 if seen + batch.num_rows > given:
-                    yield batch.slice(max(0, given - seen))
+                    yield from _byte_slices(batch.slice(max(0, given - seen)), config.text_column, config.block_bytes)
                     given = seen + batch.num_rows
                 seen += batch.num_rows
             return
