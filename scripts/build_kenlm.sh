@@ -59,7 +59,7 @@ fi
 stamp="$(sha256sum "$SCORER_SOURCE" | cut -c1-16)"
 if [[ "$(cat "$DEST/lib/scorer.sha256" 2>/dev/null)" != "$stamp" || ! -f "$DEST/lib/libcuration_kenlm.so" ]]; then
   install_packages g++ zlib1g-dev libbz2-dev liblzma-dev
-  g++ -O3 -std=c++17 -shared -fPIC -DKENLM_MAX_ORDER=$MAX_ORDER -I"$DEST/include" "$SCORER_SOURCE" \
+  g++ -O3 -DNDEBUG -std=c++17 -shared -fPIC -DKENLM_MAX_ORDER=$MAX_ORDER -I"$DEST/include" "$SCORER_SOURCE" \
       "$DEST/lib/libkenlm.a" "$DEST/lib/libkenlm_util.a" -lz -lbz2 -llzma -lpthread -o "$DEST/lib/libcuration_kenlm.so.tmp"
   mv "$DEST/lib/libcuration_kenlm.so.tmp" "$DEST/lib/libcuration_kenlm.so"
   echo "$stamp" >"$DEST/lib/scorer.sha256"
