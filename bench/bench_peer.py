@@ -66,10 +66,11 @@ def main() -> None:
               "stages": "lid, gopher_repetition, gopher_quality, c4, fineweb, minhash dedup, tokenization",
               "curation": {"seconds": round(ours["seconds"], 1), "mb_s": round(text_mb / ours["seconds"], 2),
                            "peak_rss_mb": round(ours["peak_rss"] / 1e6), "peak_pss_mb": round(ours["peak_pss"] / 1e6),
-                           "kept_docs": stats["output"]["kept_docs"], "tokens_incl_separators": ours_tokens},
+                           "kept_docs": stats["output"]["kept_docs"], "tokens_incl_separators": ours_tokens,
+                           "pss_at_peak_mb": ours["pss_at_peak_mb"]},
               "datatrove": {"seconds": round(theirs["seconds"], 1), "mb_s": round(text_mb / theirs["seconds"], 2),
                             "peak_rss_mb": round(theirs["peak_rss"] / 1e6), "peak_pss_mb": round(theirs["peak_pss"] / 1e6),
-                            "tokens_incl_eos": dt_tokens},
+                            "tokens_incl_eos": dt_tokens, "pss_at_peak_mb": theirs["pss_at_peak_mb"]},
               "speedup": round(theirs["seconds"] / ours["seconds"], 2)}
     print(json.dumps(report, indent=2))
     (REPO / "bench" / "results" / "peer.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -458,4 +458,5 @@ def _run_aggregate(backend, segment: Segment, shards: list[Shard], layout: Layou
     started = time.perf_counter()
     result = stage.aggregate(ctx)
     write_json_atomic(marker, {"result": result, "wall_s": time.perf_counter() - started})
+    _release_memory()  # the driver's share of the aggregate (components, say) before the next pass
 
