@@ -134,7 +134,8 @@ class AggregateContext:
         self._map = map_fn
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
-        """Run `fn(item)` for every item: as Ray tasks on the Ray executor, in-process on the local one."""
+        """Run `fn(item)` for every item: on the Ray executor's actors (retried where one dies), in-process
+        on the local one."""
         return self._map(fn, items)
 
 
