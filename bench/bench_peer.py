@@ -1,6 +1,7 @@
 """End to end against datatrove, the same input and the same 2 cores, one after the other in one run:
 LID, Gopher quality and repetition, C4, FineWeb, MinHash dedup and tokenization (the stages datatrove
-has). curation: one `curation run` on a local Ray instance (start-up included) ending in `pack`;
+has). curation: one `curation run` ending in `pack`, twice: on the embedded default (a local Ray instance,
+start-up included, two stage actors) and with `executor: local` (one process);
 datatrove: its filters, four MinHash steps and DocumentTokenizer on LocalPipelineExecutor (2 workers).
 MB/s of input text, and peak memory of everything each started: the sum over its processes of
 resident memory (RSS, shared pages counted in every process) and of proportional memory (PSS, shared
@@ -44,34 +45,44 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench_peer_"))
     try:
         tok = tokenizer_file(scratch)
-        pipeline = scratch / "pipeline.json"
-        pipeline.write_text(json.dumps({
-            "input": {"path": [str(f) for f in files]}, "output": {"path": str(scratch / "ours")},
-            "executor": {"kind": "ray", "num_cpus": 2, "dashboard": False},
-            "stages": [{"name": "lid"}, {"name": "gopher_repetition"}, {"name": "gopher_quality"}, {"name": "c4"},
-                       {"name": "fineweb"}, {"name": "minhash_dedup"},
-                       {"name": "pack", "tokenizer": str(tok), "out": str(scratch / "ours_packed")}]}))
-        ours = measure([str(REPO / ".venv" / "bin" / "curation"), "run", str(pipeline), "--no-progress"])
+        ours: dict[str, dict] = {}
+        for executor in ("ray", "local"):
+            pipeline = scratch / f"pipeline_{executor}.json"
+            out, packed = scratch / f"ours_{executor}", scratch / f"ours_{executor}_packed"
+            pipeline.write_text(json.dumps({
+                "input": {"path": [str(f) for f in files]}, "output": {"path": str(out)},
+                "executor": {"kind": "ray", "num_cpus": 2, "dashboard": False} if executor == "ray" else {"kind": "local"},
+                "stages": [{"name": "lid"}, {"name": "gopher_repetition"}, {"name": "gopher_quality"}, {"name": "c4"},
+                           {"name": "fineweb"}, {"name": "minhash_dedup"},
+                           {"name": "pack", "tokenizer": str(tok), "out": str(packed)}]}))
+            measured = measure([str(REPO / ".venv" / "bin" / "curation"), "run", str(pipeline), "--no-progress"])
+            stats = json.loads((out / "stats.json").read_text())
+            tokens = sum(s["document_tokens"] for s in json.loads((packed / "pack.json").read_text())["sources"].values())
+            ours[executor] = {"measured": measured, "stats": stats, "tokens": tokens}
         env = {**os.environ, "NLTK_DATA": str(REPO / ".cache" / "nltk_data"), "LID_MODEL": str(lid_model_path())}
         theirs = measure([str(REPO / ".venv-bench" / "bin" / "python"), str(REPO / "bench" / "_datatrove_peer.py"),
                           str(files[0].parent), str(scratch / "datatrove"), str(args.shards), str(tok)], env=env)
-        stats = json.loads((scratch / "ours" / "stats.json").read_text())
         dt_tokens = sum(p.stat().st_size for p in (scratch / "datatrove" / "tokens").rglob("*.ds")) // 2
-        ours_tokens = sum(s["document_tokens"] for s in
-                          json.loads((scratch / "ours_packed" / "pack.json").read_text())["sources"].values())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    stats = ours["ray"]["stats"]
+    assert ours["local"]["stats"]["output"] == stats["output"], "the executors kept different documents"
     text_mb = stats["input"]["bytes"] / 1e6
+
+    def row(m: dict) -> dict:
+        return {"seconds": round(m["seconds"], 1), "mb_s": round(text_mb / m["seconds"], 2),
+                "peak_rss_mb": round(m["peak_rss"] / 1e6), "peak_pss_mb": round(m["peak_pss"] / 1e6)}
+
     report = {"text_mb": round(text_mb, 1), "shards": args.shards, "cores": 2,
               "stages": "lid, gopher_repetition, gopher_quality, c4, fineweb, minhash dedup, tokenization",
-              "curation": {"seconds": round(ours["seconds"], 1), "mb_s": round(text_mb / ours["seconds"], 2),
-                           "peak_rss_mb": round(ours["peak_rss"] / 1e6), "peak_pss_mb": round(ours["peak_pss"] / 1e6),
-                           "kept_docs": stats["output"]["kept_docs"], "tokens_incl_separators": ours_tokens,
-                           "pss_at_peak_mb": ours["pss_at_peak_mb"]},
-              "datatrove": {"seconds": round(theirs["seconds"], 1), "mb_s": round(text_mb / theirs["seconds"], 2),
-                            "peak_rss_mb": round(theirs["peak_rss"] / 1e6), "peak_pss_mb": round(theirs["peak_pss"] / 1e6),
-                            "tokens_incl_eos": dt_tokens, "pss_at_peak_mb": theirs["pss_at_peak_mb"]},
-              "speedup": round(theirs["seconds"] / ours["seconds"], 2)}
+              "kept_docs": stats["output"]["kept_docs"]}
+    for executor, run in ours.items():
+        report[f"curation_{executor}"] = {**row(run["measured"]), "tokens_incl_separators": run["tokens"],
+                                          "pss_at_peak_mb": run["measured"]["pss_at_peak_mb"]}
+    report["datatrove"] = {**row(theirs), "tokens_incl_eos": dt_tokens, "pss_at_peak_mb": theirs["pss_at_peak_mb"]}
+    for executor, run in ours.items():
+        report[f"speedup_{executor}"] = round(theirs["seconds"] / run["measured"]["seconds"], 2)
+        report[f"peak_pss_ratio_{executor}"] = round(run["measured"]["peak_pss"] / theirs["peak_pss"], 2)
     print(json.dumps(report, indent=2))
     (REPO / "bench" / "results" / "peer.json").write_text(json.dumps(report, indent=2) + "\n")
 

@@ -120,6 +120,14 @@ def lsh_params(threshold: float, num_perm: int, fp_weight: float, fn_weight: flo
     return _optimal_param(threshold, num_perm, fp_weight, fn_weight)
 
 
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch.MinHash's permutations (a, b) for `num_perm` and `seed`, as uint32 (affine32)."""
+    from datasketch import MinHash
+
+    a, b = MinHash(num_perm=num_perm, seed=seed).permutations
+    return np.asarray(a, np.uint32), np.asarray(b, np.uint32)
+
+
 def shingle_hashes(words: tr.Tokens, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(hash, document) of every shingle of a batch; documents with fewer than n words give one."""
     if len(words.values) == 0:
@@ -355,16 +363,11 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         super().__init__(config, **options)
         c = self.config
         self.bands, self.rows = lsh_params(c.threshold, c.num_perm, c.false_positive_weight, c.false_negative_weight)
-
-    def setup(self) -> None:
-        from datasketch import MinHash
-
-        a, b = MinHash(num_perm=self.config.num_perm, seed=self.config.seed).permutations
-        self._a, self._b = np.asarray(a, np.uint32), np.asarray(b, np.uint32)
+        # Taken here, where the stage is built (the driver), and carried to the workers with the stage:
+        # datasketch imports scipy, about 45 MB in every worker that imported it for two small arrays.
+        self._a, self._b = permutations(c.num_perm, c.seed)
 
     def signatures(self, text: pa.Array, langs: pa.Array | None) -> np.ndarray:
-        if not hasattr(self, "_a"):
-            self.setup()
         words = tr.words(text, tr.cjk_mask(langs, len(text), self.config.cjk_languages))
         return signatures(words, self.config.ngram, self._a, self._b)
 
