@@ -44,7 +44,8 @@ class PipelineError(RuntimeError):
 
 
 class LocalBackend:
-    """Everything in this process, one shard after another: for tests and debugging."""
+    """Everything in this process, one shard after another (the stages on one core): no Ray processes,
+    so the least memory (bench/bench_peer.py); also for tests and debugging."""
 
     name = "local"
 
