@@ -47,11 +47,6 @@ def session_processes(sid: int) -> list[tuple[str, int, int]]:
     return found
 
 
-def session_memory(sid: int) -> tuple[int, int]:
-    processes = session_processes(sid)
-    return sum(p[1] for p in processes), sum(p[2] for p in processes)
-
-
 def measure(cmd: list[str], env: dict | None = None) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

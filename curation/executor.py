@@ -81,11 +81,11 @@ EMBEDDED_RAY_SYSTEM_CONFIG = {"num_workers_soft_limit": 0, "enable_worker_presta
 
 
 class RayBackend:
-    """Ray actors, one per CPU, kept for the whole run: each pass's shards stream through them (the
-    stages set up once per pass) and the aggregate steps' tasks (`map`) run in them too. One set of
-    processes instead of actors per pass plus task workers: Ray keeps idle task workers (about 0.2 GB
-    each, imports and heap) alive beside the next pass's actors, which made the run's peak memory
-    (bench/bench_peer.py), and a new process per pass costs a second of start-up."""
+    """A pool of Ray actors, one per CPU: a pass's shards stream through them (the stages set up once
+    per actor), and the aggregate step after it runs its tasks (`map`) on the same actors rather than
+    as Ray tasks, whose idle workers (about 0.2 GB each) Ray would keep alive beside the next pass's
+    actors. The next pass starts on fresh actors (`map_shards`), leaving the last one's memory behind
+    (bench/bench_peer.py)."""
 
     name = "ray"
 
@@ -271,7 +271,8 @@ class RayBackend:
 
 def tune_allocator() -> None:
     """Less memory kept back by the allocators of a process that runs stages (measured on the bench
-    corpus, bench/bench_peer.py, at the same speed):
+    corpus, bench/bench_peer.py; speed the same within this machine's drift there and in
+    bench/bench_overhead.py):
 
     - Arrow's buffers from the C heap (malloc) instead of its default mimalloc pool, unless the user
       chose a pool (ARROW_DEFAULT_MEMORY_POOL): mimalloc keeps what a batch freed in per-thread
