@@ -74,7 +74,7 @@ def main() -> None:
         results["curation_ray_cold_s"] = ours(files, scratch / "ray", "ray")  # includes starting Ray
         import ray
 
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
         ours(files, scratch / "ray_warm0", "ray")  # warm-up: worker processes started
         results["curation_ray_warm_s"] = ours(files, scratch / "ray_warm", "ray")
         ray.shutdown()

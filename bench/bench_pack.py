@@ -66,7 +66,7 @@ def main() -> None:
         import ray
 
         started = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
         ray_start = time.perf_counter() - started
         seconds = {"tokenize": float("inf"), "pack": float("inf")}
         # alternated twice, best of each: worker processes Ray starts for the first run do not count

@@ -106,7 +106,9 @@ class RayBackend:
                 ray.init(address=self.config.address, **kwargs)
             else:
                 # The embedded default: a local Ray instance started (and stopped) by the library.
-                ray.init(num_cpus=self.config.num_cpus, include_dashboard=self.config.dashboard,
+                # address="local" starts a fresh one whatever RAY_ADDRESS or an earlier `ray start` on
+                # this machine names: only --address (executor.address) joins an existing cluster.
+                ray.init(address="local", num_cpus=self.config.num_cpus, include_dashboard=self.config.dashboard,
                          object_store_memory=512 * 1024 * 1024, _system_config=EMBEDDED_RAY_SYSTEM_CONFIG, **kwargs)
                 self._started_ray = True
         return self

@@ -51,7 +51,7 @@ def ray_instance():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, object_store_memory=256 * 1024 * 1024,
+    ray.init(address="local", num_cpus=2, include_dashboard=True, object_store_memory=256 * 1024 * 1024,
              logging_level="ERROR")
     yield ray
     ray.shutdown()
