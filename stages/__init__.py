@@ -5,6 +5,7 @@ Importing this package registers them; `curation stages` lists them with their o
 
 from curation.stages import (  # noqa: F401  (registration)
     c4,
+    decontaminate,
     exact_dedup,
     fineweb,
     gopher_quality,
@@ -15,6 +16,7 @@ from curation.stages import (  # noqa: F401  (registration)
     noop,
     pack,
     paragraph_dedup,
+    pii,
     quality,
     tokenize,
 )
