@@ -1,0 +1,62 @@
+"""The compiled kernels of the rule stages (`curation/native/text_rules.cc`), loaded with ctypes.
+
+`scripts/build_kenlm.sh` builds the library beside the KenLM scorer (CURATION_KENLM_DIR/lib/
+libcuration_rules.so, by default under ~/.cache/curation/kenlm). Where it is missing, or where
+CURATION_RULES_NATIVE=0, `curation.stages.text_rules` computes the same numbers with numpy and Arrow
+(tests compare the two on real text).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+LIBRARY = "libcuration_rules.so"
+_I64, _I32, _U8 = (np.ctypeslib.ndpointer(t, flags="C_CONTIGUOUS") for t in (np.int64, np.int32, np.uint8))
+
+
+def library_path() -> Path:
+    return Path(os.environ.get("CURATION_KENLM_DIR", Path.home() / ".cache" / "curation" / "kenlm")) / "lib" / LIBRARY
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None where the setup has not built them or CURATION_RULES_NATIVE=0."""
+    path = library_path()
+    if os.environ.get("CURATION_RULES_NATIVE", "1") == "0" or not path.exists():
+        return None
+    lib = ctypes.CDLL(str(path))
+    lib.tr_repetition.restype = ctypes.c_int64
+    lib.tr_repetition.argtypes = [ctypes.c_void_p, _I64, ctypes.c_int64, _U8, _U8, _I32, ctypes.c_int64, ctypes.c_int32,
+                                  ctypes.c_int32, _I64, _I64, _I64]
+    return lib
+
+
+def buffers(text: pa.Array) -> tuple[pa.Buffer, np.ndarray]:
+    """(UTF-8 bytes, int64 offsets into them) of a string array, nulls as empty strings."""
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    if text.null_count:
+        text = pc.fill_null(text, "")
+    width = np.int64 if pa.types.is_large_string(text.type) else np.int32
+    offsets = np.frombuffer(text.buffers()[1], width)[text.offset:text.offset + len(text) + 1].astype(np.int64)
+    data = text.buffers()[2]
+    return (data if data is not None else pa.py_buffer(b"\0")), offsets
+
+
+def repetition(lib: ctypes.CDLL, text: pa.Array, cjk: np.ndarray, flags: np.ndarray, sizes: list[int], cjk_scale: int,
+               top_mode: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(span counts [docs, 7], top n-gram characters [docs, sizes], duplicate n-gram characters [docs, sizes])."""
+    data, offsets = buffers(text)
+    n = len(offsets) - 1
+    spans = np.zeros((n, 7), np.int64)
+    top, dup = np.zeros((n, len(sizes)), np.int64), np.zeros((n, len(sizes)), np.int64)
+    lib.tr_repetition(data.address, offsets, n, np.ascontiguousarray(cjk, np.uint8), flags,
+                      np.asarray(sizes, np.int32), len(sizes), cjk_scale, top_mode, spans, top, dup)
+    return spans, top, dup
