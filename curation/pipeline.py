@@ -10,6 +10,7 @@ the same code on the Ray and local executors, which is why both give identical o
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.config import InputConfig
+from curation.errors import CurationError, ShardFailure
 from curation.io import AtomicParquetWriter, InputError, OutputError, Shard, read_parquet_batches, read_shard, write_json_atomic
-from curation.stage import DROP_REASON, TEXT, BatchPosition, GlobalStage, Stage, live_mask, text_bytes
+from curation.stage import DROP_REASON, ID, TEXT, BatchPosition, GlobalStage, Stage, live_mask, text_bytes
 from curation.stats import ShardStats, StageStats, stage_key
+
+
+EMPTY_SHARD_SCHEMA = pa.schema([pa.field(ID, pa.string()), pa.field(TEXT, pa.string()), pa.field(DROP_REASON, pa.string())])
 
 
 @dataclass
@@ -108,6 +113,7 @@ class ShardProcessor:
         self.layout = layout
         self.compression = compression
         self._ready = False
+        self._current: str | None = None  # the stage running now, for error messages
 
     def setup(self) -> None:
         if not self._ready:
@@ -137,8 +143,9 @@ class ShardProcessor:
         writers = list(outputs.values()) + ([keys_writer] if keys_writer else [])
         last_schema = None
         try:
+            input_counts: Counter[str] = Counter()
             if segment.is_first:
-                batches = read_shard(shard, self.input_config)
+                batches = read_shard(shard, self.input_config, input_counts)
             else:
                 batches = read_parquet_batches(str(layout.intermediate(segment.index - 1, shard)))
             if segment.apply_global:
@@ -170,6 +177,7 @@ class ShardProcessor:
                 if keys is not None and keys.num_rows:
                     keys_writer.write(keys)
                 timer.add_to(stats.stage(key, stage.name))
+            stats.renamed_ids = input_counts["renamed_ids"]
             for stage in segment.all_stages():
                 key = self._key_of(stage)
                 stats.stage(key, stage.name).metrics.update(stage.metrics)
@@ -180,6 +188,14 @@ class ShardProcessor:
                     fallback = last_schema.remove(last_schema.get_field_index(DROP_REASON))
                 if writer is keys_writer:
                     fallback = None
+                if last_schema is None and writer is not keys_writer:
+                    if writer is outputs.get("next"):
+                        fallback = EMPTY_SHARD_SCHEMA  # read back by the next pass as no rows
+                    else:
+                        # An empty input (a 0-byte file) gives no kept/rejected file: a file without
+                        # columns would make `read_table(OUT/kept)` lose every column.
+                        writer.abort()
+                        continue
                 writer.commit(fallback)
         except InputError as exc:
             for writer in writers:
@@ -197,7 +213,16 @@ class ShardProcessor:
             raise OutputError(f"{shard.path}: cannot write its output under {layout.root}: {exc} (disk full or "
                               "folder not writable?). Nothing of this shard was committed: fix it and run again, "
                               "finished shards are kept") from None
-        except BaseException:
+        except Exception as exc:  # a stage failed in a way no check foresaw: name the shard and stage
+            for writer in writers:
+                writer.abort()
+            if segment.keys_for:
+                segment.keys_for[1].keys_abort()
+            if isinstance(exc, CurationError):
+                raise
+            raise ShardFailure(f"{shard.path}: stage {self._current or '?'} failed: {type(exc).__name__}: {exc}. "
+                               "Nothing of this shard was committed") from exc
+        except BaseException:  # KeyboardInterrupt, SystemExit: nothing half-written stays
             for writer in writers:
                 writer.abort()
             if segment.keys_for:
@@ -232,9 +257,9 @@ class ShardProcessor:
             for item in pc.value_counts(reasons.drop_null()).to_pylist():
                 stats.input_dropped[item["values"]] += item["counts"]
 
-    @staticmethod
-    def _run_stage(stats: ShardStats, key: str, stage: Stage, fn, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def _run_stage(self, stats: ShardStats, key: str, stage: Stage, fn, batch: pa.RecordBatch) -> pa.RecordBatch:
         entry = stats.stage(key, stage.name)
+        self._current = stage.name
         before = live_mask(batch)
         entry.docs_in += pc.sum(before).as_py() or 0
         entry.bytes_in += text_bytes(batch, before)

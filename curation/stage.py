@@ -21,6 +21,8 @@ from typing import Any, Callable, ClassVar, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.option_types import check_options
+
 TEXT = "text"
 ID = "id"
 DROP_REASON = "drop_reason"
@@ -80,6 +82,7 @@ class Stage:
                     f"stage {self.name!r}: unknown option(s) {', '.join(unknown)}; "
                     f"it takes: {', '.join(sorted(fields)) or 'no options'}"
                 )
+            check_options(self.Config, options, f"stage {self.name!r}")
             try:
                 config = self.Config(**options)
             except (TypeError, ValueError) as exc:

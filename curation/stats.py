@@ -77,6 +77,7 @@ class ShardStats:
     docs: int = 0
     bytes: int = 0
     input_dropped: Counter = field(default_factory=Counter)  # dropped by the reader (empty text)
+    renamed_ids: int = 0  # ids seen earlier in the shard, made unique by the reader (input.duplicate_ids)
     kept_docs: int = 0
     kept_bytes: int = 0
     rejected_docs: int = 0
@@ -94,6 +95,7 @@ class ShardStats:
             "docs": self.docs,
             "bytes": self.bytes,
             "input_dropped": dict(self.input_dropped),
+            "renamed_ids": self.renamed_ids,
             "kept_docs": self.kept_docs,
             "kept_bytes": self.kept_bytes,
             "rejected_docs": self.rejected_docs,
@@ -108,6 +110,7 @@ class ShardStats:
             docs=data["docs"],
             bytes=data["bytes"],
             input_dropped=Counter(data["input_dropped"]),
+            renamed_ids=data.get("renamed_ids", 0),
             kept_docs=data["kept_docs"],
             kept_bytes=data["kept_bytes"],
             rejected_docs=data["rejected_docs"],
@@ -125,6 +128,7 @@ class RunStats:
     input_docs: int = 0
     input_bytes: int = 0
     input_dropped: Counter = field(default_factory=Counter)
+    renamed_ids: int = 0
     kept_docs: int = 0
     kept_bytes: int = 0
     rejected_docs: int = 0
@@ -144,6 +148,7 @@ class RunStats:
             self.input_docs += shard.docs
             self.input_bytes += shard.bytes
             self.input_dropped.update(shard.input_dropped)
+            self.renamed_ids += shard.renamed_ids
         if last_segment:
             self.kept_docs += shard.kept_docs
             self.kept_bytes += shard.kept_bytes
@@ -159,7 +164,8 @@ class RunStats:
     def to_dict(self) -> dict[str, Any]:
         ordered = [key for key, _ in self.stage_order] + sorted(set(self.stages) - {k for k, _ in self.stage_order})
         return {
-            "input": {"docs": self.input_docs, "bytes": self.input_bytes, "dropped": dict(self.input_dropped)},
+            "input": {"docs": self.input_docs, "bytes": self.input_bytes, "dropped": dict(self.input_dropped),
+                      "renamed_ids": self.renamed_ids},
             "output": {"kept_docs": self.kept_docs, "kept_bytes": self.kept_bytes, "rejected_docs": self.rejected_docs},
             "stages": [{"key": key, **self.stages[key].to_dict()} for key in ordered],
             "aggregates": self.aggregates,
@@ -199,6 +205,8 @@ def format_table(stats: dict[str, Any]) -> str:
     reasons: Counter = Counter(inp["dropped"])
     for stage in stats["stages"]:
         reasons.update(stage["dropped"])
+    if inp.get("renamed_ids"):
+        lines.append(f"warning: {inp['renamed_ids']:,} duplicate ids renamed <id>#<row> (input.duplicate_ids)")
     if reasons:
         top = ", ".join(f"{reason} {count:,}" for reason, count in reasons.most_common(8))
         lines.append(f"drop reasons: {top}")

@@ -23,16 +23,47 @@ STAGES = [{"name": "gopher_quality"}, {"name": "gopher_repetition"}, {"name": "c
 VICTIMS = (b"ray::StageWorker", b"ray::_")
 
 
-def ray_worker_pids() -> list[int]:
-    pids = []
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process visible in /proc."""
+    parents = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
-                    if handle.read().startswith(VICTIMS):
-                        pids.append(int(entry.name))
-            except OSError:
+                with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                    stat = handle.read()
+                # the command name, in parentheses, may hold spaces: the fields after its last ")"
+                parents[int(entry.name)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
+    return parents
+
+
+def descendants(root: int) -> set[int]:
+    parents = _parents()
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def ray_worker_pids() -> list[int]:
+    """Our run's Ray workers only: descendants of this test process (its Ray instance was started
+    here, so the raylet and every worker it spawns are below it). Another job's Ray workers on the
+    same machine are never touched."""
+    pids = []
+    for pid in sorted(descendants(os.getpid())):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if handle.read().startswith(VICTIMS):
+                    pids.append(pid)
+        except OSError:
+            continue
     return pids
 
 

@@ -52,18 +52,18 @@ def test_integer_ids_become_strings(tmp_path):
     (b'{"text": "fine"}\n{"text": "\\ud800"}\n', r"x.jsonl: line 2: field 'text' holds an invalid surrogate"),
     (b'{"body": "no text column"}\n', r"x.jsonl: no text column 'text' \(columns: body\)"),
     (b'{"text": 5}\n', r"x.jsonl: text column 'text' has type int64"),
-    (b'{"text": "a"}\n{"text": ""}\n', r"x.jsonl: row 1: text is null or empty"),
-    (b'{"text": "a"}\n{"text": null}\n', r"x.jsonl: row 1: text is null or empty"),
+    (b'{"text": "a"}\n{"text": ""}\n', r"x.jsonl: line 2: text is null or empty"),
+    (b'{"text": "a"}\n\n\n{"text": null}\n', r"x.jsonl: line 4: text is null or empty"),
 ])
 def test_bad_jsonl_names_file_and_line(tmp_path, content, message):
     (tmp_path / "x.jsonl").write_bytes(content)
     with pytest.raises(InputError, match=message):
-        read_all(tmp_path / "x.jsonl")
+        read_all(tmp_path / "x.jsonl", empty_text="error")
 
 
-def test_empty_text_can_be_dropped_with_a_reason(tmp_path):
+def test_empty_text_is_dropped_with_a_reason_by_default(tmp_path):
     (tmp_path / "x.jsonl").write_bytes(b'{"text": "a"}\n{"text": ""}\n{"text": null}\n')
-    table = read_all(tmp_path / "x.jsonl", empty_text="drop")
+    table = read_all(tmp_path / "x.jsonl")
     assert table.column("drop_reason").to_pylist() == [None, "empty_text", "empty_text"]
 
 
