@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -32,11 +33,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curation.io import write_json_atomic
+from curation.io import InputError, write_json_atomic
 from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStage, live_mask, register_stage
 from curation.tokenizer import pack as packing
 from curation.tokenizer.encode import Encoder, from_list_array
+from curation.stages.tokenize import tokens_provenance
 from curation.tokenizer.shards import ShardWriter, list_shard_names, read_meta, write_shard
+
+log = logging.getLogger(__name__)
 
 TAIL = "_tail"
 SUMMARY = "pack.json"
@@ -151,9 +155,14 @@ def _pack_tails(source: str, table: pa.Table, p: PackParams) -> None:
                                 first_doc_offset=used - int(offsets[first]))
         rest.seg_doc_offset = rest.seg_doc_offset + starts[rest.seg_doc]
     packed = packing.concat_packed([packed, rest], p.seq_len, dtype)
+    # A tail row that starts inside its document (start > 0) is the rest of the last document of the
+    # shard it came from: recorded so that an export joins the two parts into one document again.
+    shards = table.column("shard").to_numpy(zero_copy_only=False) if "shard" in table.column_names else None
+    continues = [{"doc": int(row), "shard": str(shards[row]) if shards is not None else None}
+                 for row in np.flatnonzero(starts > 0).tolist()]
     write_shard(os.path.join(p.out, source), TAIL, packed, table.column("id").to_numpy(zero_copy_only=False),
                 source=source, seq_len=p.seq_len, strategy=p.strategy, sep_id=p.sep_id, pad_id=p.pad_id,
-                tokenizer_sha256=p.tokenizer_sha256, extra={"input_documents": 0})
+                tokenizer_sha256=p.tokenizer_sha256, extra={"input_documents": 0, "continues": continues})
 
 
 def summarise(out: str | Path) -> dict[str, Any]:
@@ -180,6 +189,56 @@ def summarise(out: str | Path) -> dict[str, Any]:
             **({k: first[k] for k in ("seq_len", "dtype", "strategy", "sep_id", "pad_id", "tokenizer_sha256")} if first else {})}
 
 
+# Bounds of the options, checked when the stage is built (before any work: a bad value used to fail
+# deep in numpy, or to run). seq_len: 2 is the least that holds a token and its separator; 1 << 20
+# (1,048,576) is above the longest contexts trained today and keeps the worst cases bounded: concat pads
+# under seq_len tokens per source (2 MiB in uint16; `seq_len: 1e9` wrote a 2 GB padded tail for 60
+# documents), and the loader builds 3 int64 planes per sequence (24 MiB a sequence at the bound).
+SEQ_LEN_MIN, SEQ_LEN_MAX = 2, 1 << 20
+# window: bestfit's open bins. Placing a piece is O(window) (list index and remove), and the gain in
+# padding stops long before the bound (measured in tests/test_pack.py's comment below WINDOW_MAX).
+WINDOW_MAX = 4096
+TOKEN_DTYPES = ("uint16", "uint32", "auto")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_options(c: Any) -> None:
+    """Type and range of every `pack` option, with a message that says what is accepted."""
+    def text(name: str, value: Any, optional: bool = False) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, str) or not value:
+            kind = "a non-empty string" + (" or null" if optional else "")
+            raise ValueError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
+
+    text("tokenizer", c.tokenizer)
+    if not _is_int(c.seq_len) or not SEQ_LEN_MIN <= c.seq_len <= SEQ_LEN_MAX:
+        raise ValueError(f"seq_len must be at least {SEQ_LEN_MIN} and at most {SEQ_LEN_MAX:,} tokens, a whole number; "
+                         f"got {c.seq_len!r} ({type(c.seq_len).__name__})")
+    if not isinstance(c.strategy, str) or c.strategy not in packing.STRATEGIES:
+        raise ValueError(f"strategy must be one of {packing.STRATEGIES}, got {c.strategy!r}")
+    if not _is_int(c.window) or not 1 <= c.window <= WINDOW_MAX:
+        raise ValueError(f"window (bestfit's open bins) must be a whole number from 1 to {WINDOW_MAX}, got {c.window!r} "
+                         f"({type(c.window).__name__})")
+    if not isinstance(c.dtype, str) or c.dtype not in TOKEN_DTYPES:
+        raise ValueError(f"dtype must be one of {TOKEN_DTYPES}, got {c.dtype!r}")
+    text("out", c.out, optional=True)
+    text("tokens_column", c.tokens_column, optional=True)
+    text("source_column", c.source_column, optional=True)
+    text("default_source", c.default_source)
+    if c.sources is not None:
+        if not isinstance(c.sources, dict) or not c.sources:
+            raise ValueError(f"sources must map source names to input shard name patterns, got {c.sources!r}")
+        for name, patterns in c.sources.items():
+            text("a sources name", name)
+            items = [patterns] if isinstance(patterns, str) else patterns
+            if not isinstance(items, (list, tuple)) or not items or not all(isinstance(v, str) and v for v in items):
+                raise ValueError(f"sources.{name} must be a pattern or a list of patterns (strings), got {patterns!r}")
+
+
 @register_stage("pack")
 class Pack(GlobalStage):
     """Tokenize (unless a tokens column exists) and pack documents into fixed-length sequences per source."""
@@ -194,18 +253,15 @@ class Pack(GlobalStage):
         window: int = 64  # bestfit: open bins
         out: str | None = None  # folder of the packed shards (default: the run's output folder)
         dtype: str = "uint16"  # "uint32" or "auto" for vocabularies over 65,536
-        tokens_column: str = "tokens"  # used when present (a `tokenize` stage); encoded here otherwise
+        # used when present and produced by this tokenizer (a `tokenize` stage records its sha256 in the
+        # column's field); encoded here otherwise; null: always encode
+        tokens_column: str | None = "tokens"
         source_column: str | None = "dataset"
         sources: dict[str, tuple[str, ...]] | None = None  # source -> input shard name patterns
         default_source: str = "default"
 
         def __post_init__(self) -> None:
-            if self.seq_len < 2:
-                raise ValueError(f"seq_len must be at least 2, got {self.seq_len}")
-            if self.strategy not in packing.STRATEGIES:
-                raise ValueError(f"strategy must be one of {packing.STRATEGIES}, got {self.strategy!r}")
-            if self.window < 1:
-                raise ValueError("window must be at least 1")
+            _check_options(self)
             if self.sources is not None:
                 object.__setattr__(self, "sources", {safe_source(k): tuple([v] if isinstance(v, str) else v)
                                                      for k, v in self.sources.items()})
@@ -234,9 +290,9 @@ class Pack(GlobalStage):
         rows = pc.indices_nonzero(live_mask(batch))
         if len(rows) == 0:
             return None
-        if self.config.tokens_column in batch.schema.names:
-            tokens = pc.take(batch.column(self.config.tokens_column), rows)
-            values, offsets = from_list_array(tokens.cast(pa.large_list(pa.from_numpy_dtype(self._encoder.dtype))))
+        column = self._tokens_column(batch, position, len(rows))
+        if column is not None:
+            values, offsets = self._column_tokens(column, rows, position)
         else:
             values, offsets = self._encoder.encode(pc.take(batch.column(TEXT), rows))
         self.metrics["tokens"] += int(offsets[-1])
@@ -253,13 +309,64 @@ class Pack(GlobalStage):
             self._documents[source] += len(picked)
         return None
 
+    def _tokens_column(self, batch: pa.RecordBatch, position: BatchPosition, live: int) -> pa.Array | None:
+        """The batch's token column when this tokenizer produced it, else None (the text is encoded).
+
+        Re-encoding rather than refusing: the text is what the tokens were made from, the tokenizer
+        asked for is explicit, and neither `curation pack` nor a job can drop a stale column (a job
+        trains its own tokenizer after a curation pipeline may have run `tokenize` with another). A
+        column of unknown provenance (a `tokens` column of the input's own, or one written before the
+        sha256 was recorded) is re-encoded for the same reason: its ids would be recorded under this
+        tokenizer's name. The count is in the stage's metrics (`documents_reencoded`)."""
+        name = self.config.tokens_column
+        if not name or name not in batch.schema.names:
+            return None
+        recorded = tokens_provenance(batch.schema.field(name))
+        if recorded == self._encoder.sha256:
+            return batch.column(name)
+        warned = self.__dict__.setdefault("_warned", set())
+        if position.shard_name not in warned:
+            warned.add(position.shard_name)
+            why = f"by tokenizer {recorded[:12]}..." if recorded else "by an unknown tokenizer (no sha256 recorded)"
+            log.warning("pack: input shard %r: column %r was produced %s, not %s (sha256 %s...): encoding the text "
+                        "again", position.shard_name, name, why, self.config.tokenizer, self._encoder.sha256[:12])
+        self.metrics["documents_reencoded"] += live
+        return None
+
+    def _column_tokens(self, column: pa.Array, rows: pa.Array, position: BatchPosition) -> tuple[np.ndarray, np.ndarray]:
+        """(values, offsets) of the live rows' token lists, checked: a list of integer ids, no null on a
+        live row, every id inside this tokenizer's vocabulary."""
+        name, where = self.config.tokens_column, f"input shard {position.shard_name!r}"
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)) or \
+                not pa.types.is_integer(column.type.value_type):
+            raise InputError(f"{where}: column {name!r} has type {column.type}; its metadata says our tokenizer produced "
+                             f"it, which writes a list of integer ids: drop the column (or set tokens_column: null) to "
+                             f"encode the text")
+        tokens = pc.take(column, rows)
+        if tokens.null_count:
+            row = position.row_offset + int(rows[pc.index(pc.is_null(tokens), True).as_py()].as_py())
+            raise InputError(f"{where}: row {row}: column {name!r} is null on a kept document: drop the column (or set "
+                             f"tokens_column: null) to encode the text")
+        values = pc.list_flatten(tokens)
+        if len(values):
+            low, high = pc.min_max(values).values()
+            if low.as_py() < 0 or high.as_py() >= self._encoder.vocab_size:
+                bad = pc.or_(pc.less(values, 0), pc.greater_equal(values, self._encoder.vocab_size))
+                at = pc.index(bad, True).as_py()
+                doc = int(np.searchsorted(tokens.offsets.to_numpy() - tokens.offsets[0].as_py(), at, side="right") - 1)
+                row = position.row_offset + int(rows[doc].as_py())
+                raise InputError(f"{where}: row {row}: column {name!r} holds id {values[at].as_py()}, outside the "
+                                 f"tokenizer's {self._encoder.vocab_size:,} ids")
+        return from_list_array(tokens.cast(pa.large_list(pa.from_numpy_dtype(self._encoder.dtype))))
+
     def keys_end(self, position: BatchPosition) -> pa.Table | None:
         """End of a shard: close its packed shards; the concat tails are what is spilled."""
         tails = []
         for source, packer in sorted(getattr(self, "_packers", {}).items()):
             tail = packer.finish(self._documents[source])
             if tail is not None and tail.num_rows:
-                tails.append(tail.append_column("source", pa.array([source] * tail.num_rows, pa.string())))
+                tails.append(tail.append_column("source", pa.array([source] * tail.num_rows, pa.string()))
+                             .append_column("shard", pa.array([position.shard_name] * tail.num_rows, pa.string())))
         self._packers = {}
         return pa.concat_tables(tails) if tails else None
 
