@@ -91,6 +91,12 @@ def _edge_ok(before: str, after: str) -> bool:
     return not _ALNUM.match(before[-1:] or " ") and not _ALNUM.match(after[:1] or " ")
 
 
+def _number_edge_ok(before: str, after: str) -> bool:
+    """Numbers (cards, IDs, phones) also stay when they follow a URL path or query character: ids in
+    links (`facebook.com/pages/p/388213067901331` passed Luhn by chance in the shared web text)."""
+    return _edge_ok(before, after) and before[-1:] not in ("/", "=", "_", "#", "&", "?")
+
+
 def luhn_ok(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -122,7 +128,7 @@ def card_issuer_ok(digits: str) -> bool:
 
 def card_ok(candidate: str, before: str = "", after: str = "") -> bool:
     """A payment card number: separators regular, issuer prefix known, Luhn check digit right."""
-    if not _edge_ok(before, after) or (after[:1] in "-" and after[1:2].isdigit()):
+    if not _number_edge_ok(before, after) or (after[:1] == "-" and after[1:2].isdigit()):
         return False
     digits = candidate.replace(" ", "").replace("-", "")
     if not 13 <= len(digits) <= 19:
@@ -134,7 +140,7 @@ def card_ok(candidate: str, before: str = "", after: str = "") -> bool:
 
 def cn_id_ok(candidate: str, before: str = "", after: str = "", today: datetime.date | None = None) -> bool:
     """A mainland-China resident ID: province code, a real past birth date, MOD 11-2 check character."""
-    if len(candidate) != 18 or not _edge_ok(before, after) or not candidate[:17].isdigit():
+    if len(candidate) != 18 or not _number_edge_ok(before, after) or not candidate[:17].isdigit():
         return False
     if int(candidate[:2]) not in CN_PROVINCES:
         return False
@@ -163,8 +169,18 @@ def ip_ok(candidate: str, before: str = "", after: str = "", keep_non_public: bo
         return False  # 1.2.3.4.5, or a host name going on
     if "." in candidate and _VERSION_BEFORE.search(before):
         return False
-    if any(len(part) > 1 and part[0] == "0" for part in candidate.split(".")) and ":" not in candidate:
-        return False  # leading zeros: not how addresses are written (and ambiguous: octal)
+    if ":" in candidate:
+        groups = [g for g in candidate.split(":") if g]
+        if len(groups) < 3 or sum(map(len, groups)) < 6:
+            return False  # `l[1::2]` (a Python slice) is a valid address; real ones have more to them
+    else:
+        octets = candidate.split(".")
+        if any(len(part) > 1 and part[0] == "0" for part in octets):
+            return False  # leading zeros: not how addresses are written (and ambiguous: octal)
+        if all(len(part) == 1 for part in octets):
+            # section and version numbers ("1.2.1.9.", "PSeMu3 1.3.3.9" in the shared text); the real
+            # addresses of this shape are public resolvers (1.1.1.1, 8.8.8.8), nobody's personal data
+            return False
     try:
         address = ipaddress.ip_address(candidate)
     except ValueError:
@@ -176,7 +192,7 @@ _PHONE_CN = re.compile(r"(?:(?:\+|00)86[ \-]?)?1[3-9]\d([ \-]?)\d{4}\1\d{4}")
 
 
 def phone_ok(candidate: str, before: str = "", after: str = "") -> bool:
-    if not _edge_ok(before, after) or before[-1:] in "+" or (after[:1] in "-." and after[1:2].isdigit()):
+    if not _number_edge_ok(before, after) or before[-1:] == "+" or (after[:1] in "-." and after[1:2].isdigit()):
         return False
     digits = re.sub(r"\D", "", candidate)
     if candidate[0] != "+" and not candidate.startswith("0086"):
