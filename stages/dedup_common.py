@@ -66,7 +66,10 @@ class AppliesDecisions:
     def prepare(self, work_dir: str, shard_index: int) -> None:
         import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
 
+        # Files that hold many shards (exact_dedup: one per partition, filtered here) and a folder per
+        # shard (minhash_dedup: decisions/sNNNNNN/, one file per shard of cluster roots).
         files = sorted(glob.glob(os.path.join(work_dir, "decisions", "*.parquet")))
+        files += sorted(glob.glob(os.path.join(work_dir, "decisions", f"s{shard_index:06d}", "*.parquet")))
         table = ds.dataset(files, format="parquet", schema=DECISION_SCHEMA).to_table(filter=ds.field("shard") == shard_index)
         self._decisions = table.sort_by("row")
         self._rows = self._decisions.column("row").to_numpy()
@@ -84,5 +87,42 @@ class AppliesDecisions:
             cluster[row] = name
         duplicate_of_array = pa.array(duplicate_of, pa.string())
         batch = drop_rows(batch, pc.is_valid(duplicate_of_array), self.reason)
-        batch = set_column(batch, "duplicate_of", duplicate_of_array)
-        return set_column(batch, "dup_cluster", pa.array(cluster, pa.string()))
+        batch = set_column(batch, "duplicate_of", _keep_earlier(batch, "duplicate_of", duplicate_of_array))
+        return set_column(batch, "dup_cluster", _keep_earlier(batch, "dup_cluster", pa.array(cluster, pa.string())))
+
+
+def _keep_earlier(batch: pa.RecordBatch, name: str, ours: pa.Array) -> pa.Array:
+    """This stage's value where it has one, else what an earlier dedup stage wrote.
+
+    Rows an earlier stage rejected reach this one (rows are never removed) but take no part in it, so
+    their `duplicate_of`, the edge to the document they copied, survives; a document an earlier stage
+    kept and this one clusters takes this stage's `dup_cluster`, and its earlier cluster stays reachable
+    through the `duplicate_of` of the copies it kept (see the README on recovering the whole graph).
+    """
+    index = batch.schema.get_field_index(name)
+    if index < 0:
+        return ours
+    earlier = batch.column(index)
+    if earlier.null_count == len(earlier):
+        return ours
+    return pc.coalesce(ours, earlier.cast(pa.string()))
+
+
+def duplicate_roots(ids: pa.Array, duplicate_of: pa.Array) -> pa.Array:
+    """For every row of a run's output (kept and rejected together), the id of the document at the end
+    of its `duplicate_of` chain: its cluster across every dedup stage of the run.
+
+    Each dedup stage rejects a copy with `duplicate_of` = the document it kept, and a later stage may
+    reject that one in turn, so the edges form a forest whose roots are documents no stage marked as a
+    copy. Rows in no cluster are their own root. Pointer jumping: log2(longest chain) rounds.
+    """
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    duplicate_of = duplicate_of.combine_chunks() if isinstance(duplicate_of, pa.ChunkedArray) else duplicate_of
+    parent = pc.index_in(duplicate_of, value_set=ids).to_numpy(zero_copy_only=False)
+    own = np.arange(len(ids))
+    parent = np.where(np.isnan(parent.astype(float)), own, parent).astype(np.int64) if len(ids) else own
+    while True:
+        jumped = parent[parent]
+        if np.array_equal(jumped, parent):
+            return ids.take(pa.array(parent))
+        parent = jumped

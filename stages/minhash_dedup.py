@@ -10,15 +10,19 @@ num_perm, seed, hashfunc=shingle_hash32)` fed the same shingles gives the same s
 Bands and rows come from datasketch's optimum for `threshold` and `num_perm`, weighted towards recall.
 Corpus-wide in steps: workers spill one row per document (its band keys, and its signature when
 `verify`); the aggregate step explodes the band keys and shuffles them into partitions by key (Ray
-tasks); each partition emits an edge from the first document of every bucket to each other one, split
-by the shard of its second end; with `verify`, two joins per shard (Ray tasks) bring both signatures of
-an edge together and edges whose estimated Jaccard is under `threshold` are cut; connected components
-of the edges are clusters; the first document of a cluster in corpus order is kept.
+tasks); each partition pairs every bucket's members (`bucket_pairs`: all pairs in buckets of up to
+2 * bucket_neighbours + 1, a bounded random window beyond), split by the shard of the pair's second
+end; with `verify`, two joins per shard (Ray tasks) bring both signatures of a pair together and pairs
+whose estimated Jaccard is under `threshold` are cut; connected components of the kept pairs
+(`components.py`: large-star / small-star rounds over edge partitions, Ray tasks) are the clusters;
+the first document of a cluster in corpus order (its smallest node) is kept. Two last joins per shard
+bring the root's id to its members and write each shard's decisions.
 
 Memory: a map task holds one shard's spilled rows, a reducer one partition, a join task one shard's
-signatures and the edges of one pair of shards. The driver holds the verified edges as two int64
-arrays (16 bytes per edge, at most one edge per duplicate and band, usually about one per duplicate):
-it grows with the number of duplicates, not with the corpus.
+signatures and the edges of one pair of shards, a components task one partition of the edges (the
+root of the largest cluster brings all of its cluster's edges to one task). The driver holds counts:
+nothing it holds grows with the corpus or with the duplicates. Every sub-step leaves a marker
+(`components.Steps`), so a killed aggregate resumes at the first unfinished one.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import pyarrow.parquet as pq
 from curation.io import AtomicParquetWriter
 from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStage, live_mask, register_stage
 from curation.stages import text_rules as tr
+from curation.stages.components import Steps, read_keyed, write_undirected
+from curation.stages.components import connected_components as distributed_components
 from curation.stages.dedup_common import DECISION_SCHEMA, AppliesDecisions, read_partition, write_partitions
 
 FNV_OFFSET = np.uint32(0x811C9DC5)
@@ -238,20 +244,56 @@ def _partition_band_keys(args: tuple[str, str, int]) -> int:
     return table.num_rows
 
 
-def _bucket_edges(args: tuple[str, str, int]) -> int:
-    """Shuffle reduce: in one partition, an edge from the first document of each bucket to each other
-    one (src < dst), written split by the shard of `dst` so the next step reads one shard's edges."""
-    part_dir, edges_dir, partition = args
+def bucket_pairs(key: np.ndarray, node: np.ndarray, neighbours: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (src < dst, unique) from (band key, node) rows: in every bucket (rows of one band
+    key), the members in a pseudo-random order, each paired with the next `neighbours` ones, cyclically.
+
+    A bucket of up to 2 * neighbours + 1 members gives all its pairs, so verification cutting one pair
+    cannot disconnect it (datatrove's planted clusters, tests/test_dedup_lsh.py). A larger bucket gives
+    at most neighbours x members pairs, not members^2 / 2 (a bucket of 10,000 copies of a short review
+    stays at 40,000 pairs), and a member that fails verification with some is still tried against
+    others: the order is drawn from (band key, node), so each of a document's bands pairs it with
+    different members. The star used before (first member to each other) lost a member whenever its
+    one pair to the first failed.
+    """
+    if not len(key):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    with np.errstate(over="ignore"):
+        mixed = key ^ (node.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        shuffle = fmix32((mixed ^ (mixed >> np.uint64(32))).astype(np.uint32))
+    order = np.lexsort((node, shuffle, key))
+    key, node = key[order], node[order]
+    new_bucket = np.concatenate([[True], key[1:] != key[:-1]])
+    starts = np.flatnonzero(new_bucket)
+    sizes = np.diff(np.append(starts, len(key)))
+    start_of = np.repeat(starts, sizes)
+    size_of = np.repeat(sizes, sizes)
+    position = np.arange(len(key)) - start_of
+    src, dst = [], []
+    for step in range(1, neighbours + 1):
+        ok = size_of > step
+        partner = start_of[ok] + (position[ok] + step) % size_of[ok]
+        a, b = node[ok], node[partner]
+        src.append(np.minimum(a, b))
+        dst.append(np.maximum(a, b))
+    src_all, dst_all = np.concatenate(src), np.concatenate(dst)
+    distinct = src_all != dst_all
+    return _unique_edges(src_all[distinct], dst_all[distinct])
+
+
+def _bucket_edges(args: tuple[str, str, int, int, int, bool]) -> int:
+    """Shuffle reduce: the candidate pairs of one partition's buckets (`bucket_pairs`). With
+    verification they are written split by the shard of `dst`, for the joins; without, they go straight
+    to the connected-components input."""
+    part_dir, edges_dir, partition, partitions, neighbours, verify = args
     table = read_partition(part_dir)
     if table is None or not table.num_rows:
         return 0
-    table = table.sort_by([("band_key", "ascending"), ("node", "ascending")])
-    key = table.column("band_key").to_numpy()
-    node = table.column("node").to_numpy()
-    new_bucket = np.concatenate([[True], key[1:] != key[:-1]])
-    first = np.maximum.accumulate(np.where(new_bucket, np.arange(len(key)), 0))
-    member = ~new_bucket
-    src, dst = _unique_edges(node[first[member]], node[member])
+    src, dst = bucket_pairs(table.column("band_key").to_numpy(), table.column("node").to_numpy(), neighbours)
+    del table
+    if not verify:
+        write_undirected(src, dst, edges_dir, f"bucket-{partition:04d}", partitions)
+        return len(src)
     shard = dst >> ROW_BITS
     order = np.argsort(shard, kind="stable")
     src, dst, shard = src[order], dst[order], shard[order]
@@ -288,14 +330,14 @@ def _attach_dst_signatures(args: tuple[int, str, str, str]) -> int:
     return len(src)
 
 
-def _verify_src(args: tuple[int, str, str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _verify_src(args: tuple[int, str, str, float, str, int]) -> int:
     """Verification, second half (a Ray task per shard): compare the signature of each edge's `src`
-    (in this shard) with the attached `dst` one; keep the edges whose estimated Jaccard reaches the
-    threshold. Reads one (src shard, dst shard) file at a time."""
-    shard, keys_path, joined_dir, threshold = args
+    (in this shard) with the attached `dst` one; the edges whose estimated Jaccard reaches the threshold
+    are written as the connected-components input. Reads one (src shard, dst shard) file at a time."""
+    shard, keys_path, joined_dir, threshold, cc_dir, partitions = args
     files = sorted(glob.glob(os.path.join(_shard_dir(joined_dir, "src", shard), "*.parquet")))
     if not files:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return 0
     nodes, sig = _signatures_of(keys_path)
     kept_src, kept_dst = [], []
     for path in files:
@@ -307,21 +349,71 @@ def _verify_src(args: tuple[int, str, str, float]) -> tuple[np.ndarray, np.ndarr
         keep = estimate >= threshold
         kept_src.append(src[keep])
         kept_dst.append(dst[keep])
-    return np.concatenate(kept_src), np.concatenate(kept_dst)
+    src, dst = np.concatenate(kept_src), np.concatenate(kept_dst)
+    write_undirected(src, dst, cc_dir, f"verified-{shard:06d}", partitions)
+    return len(src)
 
 
-def _ids_of(args: tuple[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
-    """(nodes, ids) of the wanted nodes found in one shard's spilled rows (a Ray task)."""
-    keys_path, wanted = args
-    table = pq.read_table(keys_path, columns=["node", "id"])
-    node = table.column("node").to_numpy()
-    keep = np.isin(node, wanted)
-    return node[keep], table.column("id").filter(pa.array(keep)).to_pylist()
+def _root_shard_of_stars(args: tuple[str, int, str]) -> int:
+    """Decisions, first half (a task per partition of the star forest): its (leaf, root) edges,
+    written split by the shard of the root, whose spilled rows hold the root's id."""
+    star_dir, partition, by_root_dir = args
+    leaf, root = read_keyed(star_dir, partition)
+    shard = root >> ROW_BITS
+    order = np.argsort(shard, kind="stable")
+    leaf, root, shard = leaf[order], root[order], shard[order]
+    for lo, hi in _runs(shard):
+        writer = AtomicParquetWriter(os.path.join(_shard_dir(by_root_dir, "root", int(shard[lo])), f"p{partition:04d}.parquet"),
+                                     schema=EDGE_SCHEMA)
+        writer.write(pa.table({"src": leaf[lo:hi], "dst": root[lo:hi]}))
+        writer.commit()
+    return len(leaf)
+
+
+def _cluster_decisions(args: tuple[int, str, str, str]) -> dict[str, int]:
+    """Decisions, second half (a task per shard): the clusters whose root (the smallest node, so the
+    first document in corpus order) is in this shard. Every member gets `dup_cluster` from the root's
+    node and every other member `duplicate_of` = the root's id (from this shard's spilled rows); rows
+    are written split by the member's shard, as decisions/sNNNNNN/root-MMMMMM.parquet."""
+    shard, keys_path, by_root_dir, decisions_dir = args
+    files = sorted(glob.glob(os.path.join(_shard_dir(by_root_dir, "root", shard), "*.parquet")))
+    if not files:
+        return {}
+    edges = _read_edges(files)
+    leaf, root = edges.column("src").to_numpy(), edges.column("dst").to_numpy()
+    del edges
+    roots, sizes = np.unique(root, return_counts=True)
+    sizes = sizes + 1
+    spilled = pq.read_table(keys_path, columns=["node", "id"])
+    spilled_node = spilled.column("node").to_numpy()
+    order = np.argsort(spilled_node, kind="stable")
+    root_ids = spilled.column("id").take(pa.array(order[np.searchsorted(spilled_node[order], roots)]))
+    del spilled
+    member = np.concatenate([roots, leaf])
+    member_root = np.concatenate([roots, root])
+    duplicate_of = pa.concat_arrays([pa.nulls(len(roots), pa.string()),
+                                     root_ids.combine_chunks().take(pa.array(np.searchsorted(roots, root)))])
+    cluster = pc.binary_join_element_wise("mh-", pa.array(np.char.mod("%x", member_root)), "")
+    member_shard = (member >> ROW_BITS).astype(np.int32)
+    table = pa.table({"shard": member_shard, "row": member & ((1 << ROW_BITS) - 1),
+                      "duplicate_of": duplicate_of, "dup_cluster": cluster}).cast(DECISION_SCHEMA)
+    order = np.lexsort((member, member_shard))
+    table, member_shard = table.take(pa.array(order)), member_shard[order]
+    for lo, hi in _runs(member_shard):
+        writer = AtomicParquetWriter(os.path.join(decisions_dir, f"s{member_shard[lo]:06d}", f"root-{shard:06d}.parquet"),
+                                     schema=DECISION_SCHEMA)
+        writer.write(table.slice(lo, hi - lo))
+        writer.commit()
+    histogram = np.unique(np.minimum(sizes, 10), return_counts=True)
+    return {"clusters": int(len(roots)), "duplicates": int(len(leaf)),
+            **{f"cluster_size_{int(k)}{'+' if k == 10 else ''}": int(v) for k, v in zip(*histogram)}}
 
 
 def connected_components(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(nodes, root) where root is the smallest node of each node's component (min-label propagation
-    with pointer jumping, vectorised)."""
+    with pointer jumping, vectorised), all in one process. The stage no longer uses it (it runs
+    `components.connected_components` over edge partitions); it is the reference the tests and
+    bench/bench_cluster_agreement.py compare against."""
     nodes, inverse = np.unique(np.concatenate([src, dst]), return_inverse=True)
     u, v = inverse[: len(src)], inverse[len(src):]
     label = np.arange(len(nodes))
@@ -353,11 +445,17 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         false_positive_weight: float = 0.2
         false_negative_weight: float = 0.8
         verify: bool = True
+        # Each member of an LSH bucket is paired with the next `bucket_neighbours` members in a random
+        # order, cyclically: all pairs for buckets of up to 2n+1 members, n pairs per member beyond
+        # (see `bucket_pairs`; measured in bench/bench_dedup_lsh.py).
+        bucket_neighbours: int = 4
         cjk_languages: tuple[str, ...] = tr.CJK_LANGUAGES
 
         def __post_init__(self) -> None:
             if not 0 < self.threshold < 1 or self.num_perm < 2 or self.ngram < 1:
                 raise ValueError("need 0 < threshold < 1, num_perm >= 2, ngram >= 1")
+            if not 1 <= self.bucket_neighbours <= 64:
+                raise ValueError("bucket_neighbours must be between 1 and 64 (pairs per bucket member)")
 
     def __init__(self, config: Any = None, /, **options: Any) -> None:
         super().__init__(config, **options)
@@ -395,56 +493,47 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         return pa.table(columns)
 
     def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
-        for folder in ("parts", "edges", "joined", "decisions"):  # a rerun after a kill starts this step afresh
-            shutil.rmtree(os.path.join(ctx.work_dir, folder), ignore_errors=True)
-        parts_dir, edges_dir, joined_dir = (os.path.join(ctx.work_dir, f) for f in ("parts", "edges", "joined"))
-        n = self.config.partitions
-        ctx.map(_partition_band_keys, [(path, parts_dir, n) for path in ctx.keys_paths])
-        candidates = sum(ctx.map(_bucket_edges, [(os.path.join(parts_dir, f"p{p:04d}"), edges_dir, p) for p in range(n)]))
-        shutil.rmtree(parts_dir, ignore_errors=True)
+        """Every sub-step is a `Steps` step: a rerun after a kill resumes at the first unfinished one.
+        Each step's input is removed once the step after it has finished."""
+        work = ctx.work_dir
+        parts_dir, edges_dir, joined_dir, verified_dir, by_root_dir, decisions_dir = (
+            os.path.join(work, f) for f in ("parts", "edges", "joined", "cc-input", "by-root", "decisions"))
+        n, c = self.config.partitions, self.config
+        steps = Steps(work)
         shards = list(zip(ctx.keys_shards, ctx.keys_paths))
-        if self.config.verify:
-            ctx.map(_attach_dst_signatures, [(s, path, edges_dir, joined_dir) for s, path in shards])
-            found = ctx.map(_verify_src, [(s, path, joined_dir, self.config.threshold) for s, path in shards])
-            src = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.int64)
-            dst = np.concatenate([f[1] for f in found]) if found else np.zeros(0, np.int64)
+        steps.run("bands", [parts_dir], lambda: sum(ctx.map(_partition_band_keys, [
+            (path, parts_dir, n) for path in ctx.keys_paths])))
+        candidates = steps.run("buckets", [edges_dir, verified_dir], lambda: sum(ctx.map(_bucket_edges, [
+            (os.path.join(parts_dir, f"p{p:04d}"), edges_dir if c.verify else verified_dir, p, n,
+             c.bucket_neighbours, c.verify) for p in range(n)])))
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        if c.verify:
+            steps.run("attach", [joined_dir], lambda: sum(ctx.map(_attach_dst_signatures, [
+                (s, path, edges_dir, joined_dir) for s, path in shards])))
+            shutil.rmtree(edges_dir, ignore_errors=True)
+            verified = steps.run("verify", [verified_dir], lambda: sum(ctx.map(_verify_src, [
+                (s, path, joined_dir, c.threshold, verified_dir, n) for s, path in shards])))
+            shutil.rmtree(joined_dir, ignore_errors=True)
         else:
-            edges = _read_edges(sorted(glob.glob(os.path.join(edges_dir, "*", "*.parquet"))))
-            src, dst = _unique_edges(edges.column("src").to_numpy(), edges.column("dst").to_numpy())
-            del edges
-        verified = len(src)
-        sizes = np.zeros(0, np.int64)
-        decisions_dir = os.path.join(ctx.work_dir, "decisions")
-        if len(src):
-            nodes, root = connected_components(src, dst)
-            del src, dst
-            roots, sizes = np.unique(root, return_counts=True)
-            root_ids = self._root_ids(ctx, roots)
-            duplicate_of = pc.take(root_ids, pa.array(np.searchsorted(roots, root)))
-            is_root = nodes == root
-            duplicate_of = pc.if_else(pa.array(is_root), pa.scalar(None, pa.string()), duplicate_of)
-            cluster = pc.binary_join_element_wise("mh-", pa.array(np.char.mod("%x", root)), "")
-            shard = (nodes >> ROW_BITS).astype(np.int32)
-            table = pa.table({"shard": shard, "row": nodes & ((1 << ROW_BITS) - 1),
-                              "duplicate_of": duplicate_of, "dup_cluster": cluster}).cast(DECISION_SCHEMA)
-            for lo, hi in _runs(shard):  # nodes are sorted, so shards are runs
-                writer = AtomicParquetWriter(os.path.join(decisions_dir, f"s{shard[lo]:06d}.parquet"), schema=DECISION_SCHEMA)
-                writer.write(table.slice(lo, hi - lo))
-                writer.commit()
+            verified = candidates
+        star_dir, cc = distributed_components(ctx.map, steps, work, verified_dir, n)
+        steps.run("by-root", [by_root_dir], lambda: sum(ctx.map(_root_shard_of_stars, [
+            (star_dir, p, by_root_dir) for p in range(n)])))
+        totals = steps.run("decisions", [decisions_dir], lambda: _sum_counts(ctx.map(_cluster_decisions, [
+            (s, path, by_root_dir, decisions_dir) for s, path in shards])))
         os.makedirs(decisions_dir, exist_ok=True)
-        shutil.rmtree(joined_dir, ignore_errors=True)
-        histogram = dict(zip(*np.unique(np.minimum(sizes, 10), return_counts=True))) if len(sizes) else {}
+        for folder in (verified_dir, star_dir, by_root_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+        histogram = sorted((k, v) for k, v in totals.items() if k.startswith("cluster_size_"))
         return {"bands": self.bands, "rows": self.rows, "candidate_edges": int(candidates),
-                "verified_edges": int(verified), "clusters": int(len(sizes)),
-                "duplicates": int(sizes.sum() - len(sizes)) if len(sizes) else 0,
-                **{f"cluster_size_{int(k)}{'+' if k == 10 else ''}": int(v) for k, v in histogram.items()}}
+                "verified_edges": int(verified), "components_rounds": cc["rounds"],
+                "clusters": totals.get("clusters", 0), "duplicates": totals.get("duplicates", 0),
+                **dict(sorted(histogram, key=lambda kv: int(kv[0].split("_")[-1].rstrip("+"))))}
 
-    def _root_ids(self, ctx: AggregateContext, roots: np.ndarray) -> pa.Array:
-        """The document id of every root node (sorted), looked up in the spilled rows of its shard."""
-        root_shard = roots >> ROW_BITS
-        work = [(path, roots[root_shard == s]) for s, path in zip(ctx.keys_shards, ctx.keys_paths)
-                if (root_shard == s).any()]
-        found = ctx.map(_ids_of, work)
-        nodes = np.concatenate([f[0] for f in found])
-        ids = pa.array([i for f in found for i in f[1]], pa.string())
-        return pc.take(ids, pa.array(np.argsort(nodes, kind="stable")))
+
+def _sum_counts(results: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for result in results:
+        for key, value in result.items():
+            total[key] = total.get(key, 0) + value
+    return total
