@@ -12,7 +12,6 @@ import dataclasses
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curation.stage import register_stage
 from curation.stages import text_rules as tr
@@ -40,38 +39,24 @@ class GopherRepetition(RuleStage):
 
     def check(self, batch: pa.RecordBatch, selected: tr.Selected) -> pa.RecordBatch:
         c = self.config
-        rows, text, cjk = selected.rows, selected.text, selected.cjk
-        n_chars = np.maximum(pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64), 1)
-        never = np.zeros(len(rows), dtype=bool)
-        checks: list[tuple[str, np.ndarray]] = []
-
-        for name, tokens, frac, char_frac in (
-            ("para", tr.non_blank(tr.paragraphs(text)), c.dup_para_frac, c.dup_para_char_frac),
-            ("line", tr.non_blank(tr.lines(text)), c.dup_line_frac, c.dup_line_char_frac),
-        ):
-            duplicate = tr.duplicate_elements(tokens)
-            n_dup = tokens.per_doc_count(duplicate)
-            dup_chars = tokens.per_doc_sum(np.where(duplicate, tokens.lengths(), 0))
-            checks.append((f"gopher_repetition:dup_{name}_frac",
-                           tr.safe_ratio(n_dup, tokens.counts) > frac if frac is not None else never))
-            checks.append((f"gopher_repetition:dup_{name}_char_frac",
-                           dup_chars / n_chars > char_frac if char_frac is not None else never))
-
-        words = tr.words(text, cjk)
+        rows = selected.rows
         # A CJK "word" here is one character; a word n-gram spans about `cjk_chars_per_word` times as
         # many characters, so CJK documents are measured on n-grams of n * cjk_chars_per_word characters.
-        scale = c.cjk_chars_per_word
-        sizes = {n for n, _ in c.top_n_grams + c.dup_n_grams}
-        wanted = (sizes if (~cjk).any() else set()) | ({n * scale for n in sizes} if cjk.any() else set())
-        stats = tr.ngram_stats(words, words.ids(), words.lengths(), sorted(wanted), joiner=(~cjk).astype(np.int64))
+        sizes = sorted({n for n, _ in c.top_n_grams + c.dup_n_grams})
+        stats = tr.repetition_stats(selected.text, selected.cjk, sizes, c.cjk_chars_per_word)
+        n_chars = np.maximum(stats.n_chars, 1)
+        never = np.zeros(len(rows), dtype=bool)
 
-        def pick(n: int, field: str) -> np.ndarray:
-            plain = getattr(stats[n], field) if n in stats else np.zeros(len(rows))
-            scaled = getattr(stats[n * scale], field) if n * scale in stats else np.zeros(len(rows))
-            return np.where(cjk, scaled, plain)
+        def over(value: np.ndarray, limit: float | None) -> np.ndarray:
+            return value > limit if limit is not None else never
 
-        for n, frac in c.top_n_grams:
-            checks.append((f"gopher_repetition:top_{n}_gram", pick(n, "top_chars") / n_chars > frac))
-        for n, frac in c.dup_n_grams:
-            checks.append((f"gopher_repetition:dup_{n}_gram", pick(n, "duplicate_chars") / n_chars > frac))
+        checks = [
+            ("gopher_repetition:dup_para_frac", over(tr.safe_ratio(stats.dup_paragraphs, stats.paragraphs), c.dup_para_frac)),
+            ("gopher_repetition:dup_para_char_frac", over(stats.dup_paragraph_chars / n_chars, c.dup_para_char_frac)),
+            ("gopher_repetition:dup_line_frac", over(tr.safe_ratio(stats.dup_lines, stats.lines), c.dup_line_frac)),
+            ("gopher_repetition:dup_line_char_frac", over(stats.dup_line_chars / n_chars, c.dup_line_char_frac)),
+        ]
+        checks += [(f"gopher_repetition:top_{n}_gram", over(stats.top_chars[n] / n_chars, frac)) for n, frac in c.top_n_grams]
+        checks += [(f"gopher_repetition:dup_{n}_gram", over(stats.duplicate_chars[n] / n_chars, frac))
+                   for n, frac in c.dup_n_grams]
         return tr.apply_reasons(batch, rows, tr.first_reason(checks, len(rows)))

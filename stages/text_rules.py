@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from curation import rules_native
 
 CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"
 CJK_LANGUAGES = ("zh", "ja")
@@ -144,7 +148,7 @@ _DOC = np.uint64(0xD6E8FEB86659FD93)
 
 @dataclass
 class NgramStats:
-    top_chars: np.ndarray  # per document: characters of its most frequent n-gram times its count
+    top_chars: np.ndarray  # per document: characters of its most frequent n-gram times its count (0 unless >= 2)
     duplicate_chars: np.ndarray  # per document: characters of words covered by repeated n-grams
 
 
@@ -153,9 +157,11 @@ def ngram_stats(word_tokens: Tokens, word_ids: np.ndarray, word_lengths: np.ndar
     """Gopher's n-gram repetition measures for every document of a batch and every n in `sizes`.
 
     An n-gram's characters are its words' characters plus the n-1 spaces between them, as in
-    `" ".join(words)` (`joiner`, per document: 1, or 0 for CJK text, which has no spaces). Only an
-    n-gram that occurs at least twice counts as a top n-gram: one seen once is not repetition. Duplicate characters are those of words covered by an occurrence of an n-gram
-    that appeared earlier in the document (the first occurrence is not counted), each word once.
+    `" ".join(words)` (`joiner`, per document: 1, or 0 for CJK text, which has no spaces). The top
+    n-gram is the most frequent one, ties to the one seen first; it counts only when seen at least twice
+    (deliberately unlike datatrove, which counts a lone first n-gram: one occurrence is not repetition).
+    Duplicate characters are those of words covered by an occurrence of an n-gram that appeared earlier
+    in the document (the first occurrence is not counted), each word once.
     Hashes grow one word at a time (64-bit, so collisions are negligible), and counting uses a hash
     table (`pandas.factorize`) rather than a sort.
     """
@@ -189,10 +195,21 @@ def ngram_stats(word_tokens: Tokens, word_ids: np.ndarray, word_lengths: np.ndar
             # Codes are numbered in order of first appearance: a new maximum is a first occurrence.
             seen_before = np.concatenate([[-1], np.maximum.accumulate(codes)[:-1]])
             repeated = codes <= seen_before
-            # `docs` is sorted: the top value of each document by reduceat over its run.
-            value = np.where(counts[codes] > 1, counts[codes] * chars, 0)
-            run_starts = np.flatnonzero(np.concatenate([[True], docs[1:] != docs[:-1]]))
-            top[docs[run_starts]] = np.maximum.reduceat(value, run_starts)
+            # The top n-gram is the most frequent one (Gopher, Rae et al. 2021, table A1: "the fraction of
+            # characters contained within the most frequently occurring n-gram"), not the one with most
+            # characters times count. Ties go to the n-gram seen first, as datatrove's find_top_duplicate
+            # (Counter.most_common keeps insertion order). `docs` is sorted and codes are numbered in order
+            # of first appearance, so per document: the largest count over its first occurrences, then
+            # the first occurrence that has it.
+            first = ~repeated
+            first_docs, first_count = docs[first], counts[codes[first]]
+            run_starts = np.flatnonzero(np.concatenate([[True], first_docs[1:] != first_docs[:-1]]))
+            run_of = np.cumsum(np.concatenate([[False], first_docs[1:] != first_docs[:-1]]))
+            best = np.maximum.reduceat(first_count, run_starts)[run_of]
+            winner = np.flatnonzero(first_count == best)
+            winner = winner[np.concatenate([[True], first_docs[winner][1:] != first_docs[winner][:-1]])]
+            value = first_count[winner] * chars[first][winner]
+            top[first_docs[winner]] = np.where(first_count[winner] > 1, value, 0)
             if repeated.any():
                 begin = starts[repeated]
                 cover = np.bincount(begin, minlength=n_words + 1) - np.bincount(begin + n, minlength=n_words + 1)
@@ -202,6 +219,125 @@ def ngram_stats(word_tokens: Tokens, word_ids: np.ndarray, word_lengths: np.ndar
     for n in sizes:
         results.setdefault(n, NgramStats(np.zeros(n_docs), np.zeros(n_docs)))
     return results
+
+
+# --- sentences -----------------------------------------------------------------------------------
+
+# C4 counts sentences with NLTK's punkt (the reference `c4_utils.py`), whose English model knows
+# abbreviations and initials; punkt needs its model files, which a worker cannot download, so these rules
+# stand in for it. A period after one of these does not end a sentence when another word follows on the
+# line: a title or an initial ("Dr. Smith", "H. M. Stanley", "Jennifer M. Anderson").
+TITLES = ("mr", "mrs", "ms", "dr", "prof", "rev", "hon", "st", "gen", "col", "lt", "sgt", "capt", "cmdr", "adm", "gov",
+          "sen", "rep", "pres", "messrs", "mme", "mlle", "fr", "mt", "ft", "supt", "atty", "insp")
+# ...and after these, or a word with inner periods ("U.S.", "e.g.", "a.m."), when the next word starts in
+# lower case or with a digit ("r. 1963", "c. 1200", "No. 5", "etc. and"); before a capital they may end one.
+ABBREVIATIONS = ("etc", "vs", "cf", "al", "approx", "ca", "fl", "no", "nos", "vol", "vols",
+                 "pp", "ch", "chap", "fig", "figs", "eq", "ed", "eds", "trans", "jan", "feb", "mar", "apr", "jun",
+                 "jul", "aug", "sep", "sept", "oct", "nov", "dec", "inc", "ltd", "co", "corp", "bros", "dept", "univ",
+                 "est", "ave", "blvd", "rd", "jr", "sr", "op", "cit", "ibid", "viz", "esp", "incl", "govt", "ref", "sec",
+                 "para", "min", "hr", "hrs", "oz", "lb", "lbs", "pl", "sing", "lit", "orig", "resp", "var")
+_OPENERS = r"(\[\"'“‘"  # opening brackets and quotes, as a regular-expression class body
+SENTENCE_END_LATIN = r"[.!?]+['\"”)]*$"  # a whitespace token that ends a sentence, unless it is an abbreviation
+SENTENCE_END_CJK = r"[。！？]+[”」』）]*"  # CJK sentence ends need no space after them
+
+
+def sentence_counts(text: pa.Array) -> np.ndarray:
+    """Sentences per string (at least one): Latin ends are whitespace tokens ending in . ! or ? (and closing
+    quotes), except the abbreviations and initials above and an ellipsis before a lower-case word; CJK
+    ends are 。！？ anywhere."""
+    tokens = Tokens.from_lists(pc.utf8_split_whitespace(text))
+    values, parent = tokens.values, tokens.parent
+    end = to_numpy_bool(pc.match_substring_regex(values, SENTENCE_END_LATIN))
+    if end.any():
+        nonempty = to_numpy_bool(pc.greater(pc.binary_length(values), 0))
+        # the next non-empty token of the same string
+        position = np.flatnonzero(nonempty)
+        following = np.full(len(values), -1, dtype=np.int64)
+        same = parent[position[1:]] == parent[position[:-1]]
+        following[position[:-1][same]] = position[1:][same]
+        has_next = following >= 0
+        next_lower = np.zeros(len(values), dtype=bool)
+        starts_lower = to_numpy_bool(pc.match_substring_regex(values, r"^[" + _OPENERS + r"]*[\p{Ll}\pN]"))
+        next_lower[has_next] = starts_lower[following[has_next]]
+        period = to_numpy_bool(pc.ends_with(values, ".")) & ~to_numpy_bool(pc.ends_with(values, ".."))
+        core = pc.utf8_lower(pc.replace_substring_regex(values, r"^[" + _OPENERS + r"]+|\.$", ""))
+        initial = to_numpy_bool(pc.match_substring_regex(core, r"^\pL$"))
+        title = to_numpy_bool(pc.is_in(core, value_set=pa.array(TITLES, pa.string())))
+        abbreviation = (to_numpy_bool(pc.is_in(core, value_set=pa.array(ABBREVIATIONS, pa.string())))
+                        | to_numpy_bool(pc.match_substring_regex(core, r"^\pL+(\.\pL+)+$")))
+        ellipsis = to_numpy_bool(pc.ends_with(values, "..."))
+        not_end = (period & has_next & (initial | title | (abbreviation & next_lower))) | (ellipsis & next_lower)
+        end &= ~not_end
+    latin = tokens.per_doc_count(end)
+    cjk = pc.count_substring_regex(text, SENTENCE_END_CJK).to_numpy(zero_copy_only=False)
+    return np.maximum(latin + cjk, 1)
+
+
+# --- the Gopher repetition measures, compiled or in numpy -----------------------------------------
+
+SPACE, CJK, LETTER = 1, 2, 4
+
+
+@functools.cache
+def unicode_flags() -> np.ndarray:
+    """SPACE | CJK | LETTER per code point, from the Arrow functions and expressions the numpy path uses."""
+    points = np.concatenate([np.arange(0, 0xD800), np.arange(0xE000, 0x110000)]).astype(np.uint32)
+    chars = pa.array(np.frombuffer(points.astype("<u4").tobytes(), dtype="<U1"), pa.string())
+    flags = np.zeros(0x110000, np.uint8)
+    flags[points[to_numpy_bool(pc.utf8_is_space(chars))]] |= SPACE
+    flags[points[to_numpy_bool(pc.match_substring_regex(chars, CJK_CHAR))]] |= CJK
+    flags[points[to_numpy_bool(pc.match_substring_regex(chars, r"\pL"))]] |= LETTER
+    flags[0] = 0  # numpy reads code point 0 as an empty string; it is neither space nor letter
+    return flags
+
+
+@dataclass
+class RepetitionStats:
+    """Per document: its characters, non-blank paragraphs and lines with their duplicates (count and
+    characters), and per n the top n-gram's and the repeated n-grams' characters (see `ngram_stats`)."""
+
+    n_chars: np.ndarray
+    paragraphs: np.ndarray
+    dup_paragraphs: np.ndarray
+    dup_paragraph_chars: np.ndarray
+    lines: np.ndarray
+    dup_lines: np.ndarray
+    dup_line_chars: np.ndarray
+    top_chars: dict[int, np.ndarray]
+    duplicate_chars: dict[int, np.ndarray]
+
+
+def repetition_stats(text: pa.Array, cjk: np.ndarray, sizes: list[int], cjk_scale: int,
+                     native: bool | None = None) -> RepetitionStats:
+    """Gopher's repetition measures of every document, for the n-grams of `sizes` (n times `cjk_scale`
+    in CJK documents, whose words are characters). Compiled where the library is built (`native` None:
+    wherever it is; False: numpy), with the same numbers either way."""
+    lib = rules_native.library() if native is not False else None
+    if native and lib is None:
+        raise FileNotFoundError(f"{rules_native.library_path()} is not built: run scripts/build_kenlm.sh")
+    if lib is not None:
+        spans, top, dup = rules_native.repetition(lib, text, cjk, unicode_flags(), list(sizes), cjk_scale, top_mode=1)
+        return RepetitionStats(*spans.T, {n: top[:, k] for k, n in enumerate(sizes)},
+                               {n: dup[:, k] for k, n in enumerate(sizes)})
+    n_chars = pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+    counts = []
+    for tokens in (non_blank(paragraphs(text)), non_blank(lines(text))):
+        duplicate = duplicate_elements(tokens)
+        counts += [tokens.counts, tokens.per_doc_count(duplicate),
+                   tokens.per_doc_sum(np.where(duplicate, tokens.lengths(), 0)).astype(np.int64)]
+    doc_words = words(text, cjk)
+    wanted = (set(sizes) if (~cjk).any() else set()) | ({n * cjk_scale for n in sizes} if cjk.any() else set())
+    stats = ngram_stats(doc_words, doc_words.ids(), doc_words.lengths(), sorted(wanted),
+                        joiner=(~cjk).astype(np.int64))
+    zeros = np.zeros(len(cjk))
+
+    def pick(n: int, field: str) -> np.ndarray:
+        plain = getattr(stats[n], field) if n in stats else zeros
+        scaled = getattr(stats[n * cjk_scale], field) if n * cjk_scale in stats else zeros
+        return np.where(cjk, scaled, plain).astype(np.int64)
+
+    return RepetitionStats(n_chars, *counts, {n: pick(n, "top_chars") for n in sizes},
+                           {n: pick(n, "duplicate_chars") for n in sizes})
 
 
 # --- wiring rules to a batch ---------------------------------------------------------------------

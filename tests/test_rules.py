@@ -109,7 +109,9 @@ def test_thresholds_are_config_fields():
 def python_duplicate_chars(words: list[str], n: int) -> tuple[int, int]:
     grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
     counts = Counter(grams)
-    top = max(((c * (sum(map(len, g)) + n - 1)) for g, c in counts.items() if c > 1), default=0)
+    # the most frequent n-gram, ties to the first seen (Counter keeps insertion order), if seen twice
+    gram, count = max(counts.items(), key=lambda item: item[1], default=((), 0))
+    top = count * (sum(map(len, gram)) + n - 1) if count > 1 else 0
     seen, covered = set(), [False] * len(words)
     for i, gram in enumerate(grams):
         if gram in seen:
