@@ -22,8 +22,6 @@ from curation.stages.rule_stage import RuleStage
 POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
 CJK_TRAILING_FRAGMENT = r"([。！？][”」』）]*)[^。！？]+$"
-# Latin sentence ends need white space or the end after them; CJK ones do not (no spaces in CJK text).
-SENTENCE_END = r"[.!?]+['\"”)]*(\s|$)|[。！？]+[”」』）]*"
 
 
 @register_stage("c4")
@@ -104,7 +102,9 @@ class C4(RuleStage):
             remove("policy", policy)
 
         keep = removed == None  # noqa: E711
-        sentences = np.maximum(pc.count_substring_regex(line, SENTENCE_END).to_numpy(zero_copy_only=False), 1)
+        # The reference counts sentences with punkt, which knows abbreviations and initials; so do these
+        # rules (text_rules.sentence_counts), where a plain "period then space" counted "H. M." as two.
+        sentences = tr.sentence_counts(line)
         doc_sentences = doc_lines.per_doc_sum(np.where(keep, sentences, 0))
         if c.min_sentences is not None:
             needed = np.where(cjk, c.min_sentences_cjk if c.min_sentences_cjk is not None else c.min_sentences,

@@ -226,11 +226,11 @@ def ngram_stats(word_tokens: Tokens, word_ids: np.ndarray, word_lengths: np.ndar
 # C4 counts sentences with NLTK's punkt (the reference `c4_utils.py`), whose English model knows
 # abbreviations and initials; punkt needs its model files, which a worker cannot download, so these rules
 # stand in for it. A period after one of these does not end a sentence when another word follows on the
-# line: a title or an initial ("Dr. Smith", "H. M. Stanley", "Jennifer M. Anderson").
+# line: a title or an initial ("Dr. Smith", "H. M. Stanley", "Jennifer M. Anderson", "r. 1963").
 TITLES = ("mr", "mrs", "ms", "dr", "prof", "rev", "hon", "st", "gen", "col", "lt", "sgt", "capt", "cmdr", "adm", "gov",
           "sen", "rep", "pres", "messrs", "mme", "mlle", "fr", "mt", "ft", "supt", "atty", "insp")
 # ...and after these, or a word with inner periods ("U.S.", "e.g.", "a.m."), when the next word starts in
-# lower case or with a digit ("r. 1963", "c. 1200", "No. 5", "etc. and"); before a capital they may end one.
+# lower case or with a digit ("c. 1933", "No. 5", "Feb. 13", "Inc. is"); before a capital they may end one.
 ABBREVIATIONS = ("etc", "vs", "cf", "al", "approx", "ca", "fl", "no", "nos", "vol", "vols",
                  "pp", "ch", "chap", "fig", "figs", "eq", "ed", "eds", "trans", "jan", "feb", "mar", "apr", "jun",
                  "jul", "aug", "sep", "sept", "oct", "nov", "dec", "inc", "ltd", "co", "corp", "bros", "dept", "univ",
