@@ -195,8 +195,10 @@ def summarise(out: str | Path) -> dict[str, Any]:
 # under seq_len tokens per source (2 MiB in uint16; `seq_len: 1e9` wrote a 2 GB padded tail for 60
 # documents), and the loader builds 3 int64 planes per sequence (24 MiB a sequence at the bound).
 SEQ_LEN_MIN, SEQ_LEN_MAX = 2, 1 << 20
-# window: bestfit's open bins. Placing a piece is O(window) (list index and remove), and the gain in
-# padding stops long before the bound (measured in tests/test_pack.py's comment below WINDOW_MAX).
+# window: bestfit's open bins. Placing a piece is O(window) (list index and remove) and memory holds
+# the open bins, while the gain in padding stops long before the bound. Measured on 6.2 M tokens of the
+# shared text (web, GUM, EWT, MSRA, code; 4,000-id BPE): at seq_len 2048 padding is 11.7% with window
+# 1, 6.45% at 64, 4.55% at 512, 4.49% at 4096; at seq_len 512, 0.59% at 64 and 0.56% from 512 on.
 WINDOW_MAX = 4096
 TOKEN_DTYPES = ("uint16", "uint32", "auto")
 
