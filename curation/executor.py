@@ -30,6 +30,7 @@ from curation.errors import CurationError, ShardFailure
 from curation.io import Shard, list_shards, write_json_atomic
 from curation.output_folder import (TMP_NAME, OutputFolderError, check_not_inputs, check_writable_here,
                                     remove_run_outputs)
+from curation.output_schema import publish_one_schema
 from curation.pipeline import Layout, Segment, ShardProcessor, plan_segments
 from curation.stage import AggregateContext, build_stage
 from curation.stats import RunStats, ShardStats, stage_key
@@ -454,6 +455,10 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
                 _run_segment(backend, segment, todo, config, layout, bad, options, len(segments))
             if segment.keys_for:
                 _run_aggregate(backend, segment, shards, layout, bad)
+        one_schema = None
+        if config.output.documents:
+            one_schema = publish_one_schema([layout.root / "kept", layout.root / "rejected"],
+                                            layout.state / "one_schema.json", config.output.compression, backend.map)
         retries = backend.retries
 
     for segment in segments:
@@ -474,6 +479,12 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
     run.wall_s = time.perf_counter() - started
     result = run.to_dict()
     result["executor"] = {"kind": backend.name, "worker_retries": retries}
+    if one_schema is not None:
+        result["one_schema"] = one_schema
+        write_json_atomic(layout.shard_index, [
+            {"input": shard.path, "source": shard.source, "kept": f"kept/{layout.part_name(shard)}",
+             "rejected": f"rejected/{layout.part_name(shard)}"}
+            for shard in shards if shard.index not in bad and layout.kept(shard).exists()])
     write_json_atomic(layout.stats, result)
     if not bad and not config.output.keep_work and layout.work.exists():
         shutil.rmtree(layout.work)  # intermediates are only needed until the last segment is done

@@ -7,7 +7,7 @@ are curation's own, by the layout the executor, the pack stage and the main job 
 
     _state/**, _work/**                       markers, fingerprint, intermediates of global stages
     kept/*.parquet, rejected/*.parquet        the curated documents
-    stats.json, pack.json                     run stats, the packing summary
+    stats.json, shards.json, pack.json        run stats, output part -> input file, the packing summary
     <source>/*.bin|*.index.parquet|*.json     packed token shards (a folder named in pack.json)
     job.json, manifest.json, phases.yaml, report.html, tokenizer/<its files>    the main job's outputs
     packed/                                   the job's packing run: a curation output of its own
@@ -28,7 +28,7 @@ from curation.errors import CurationError
 
 FINGERPRINT = Path("_state") / "pipeline.json"
 TMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
-RUN_FILES = {"stats.json", "pack.json"}
+RUN_FILES = {"stats.json", "pack.json", "shards.json"}
 JOB_FILES = {"job.json", "manifest.json", "phases.yaml", "report.html"}
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "eval.json"}
 TOKEN_SHARD_SUFFIXES = (".bin", ".index.parquet", ".json")

@@ -71,11 +71,22 @@ class Layout:
         self.work = self.root / "_work"
         self.state = self.root / "_state"
 
+    @staticmethod
+    def part_name(shard: Shard) -> str:
+        """Output files are named by corpus position, never by the input's name: tools that guess splits
+        from file names (HF `datasets` reads `en_wiki_valid_test.parquet` as the validation and test
+        splits) must see one table. OUT/shards.json maps each part to its input file."""
+        return f"part-{shard.index:05d}.parquet"
+
     def kept(self, shard: Shard) -> Path:
-        return self.root / "kept" / f"{shard.name}.parquet"
+        return self.root / "kept" / self.part_name(shard)
 
     def rejected(self, shard: Shard) -> Path:
-        return self.root / "rejected" / f"{shard.name}.parquet"
+        return self.root / "rejected" / self.part_name(shard)
+
+    @property
+    def shard_index(self) -> Path:
+        return self.root / "shards.json"
 
     def intermediate(self, segment: int, shard: Shard) -> Path:
         return self.work / f"segment{segment}" / f"{shard.name}.parquet"

@@ -36,10 +36,10 @@ def test_a_100_mb_line(tmp_path, data_dir):
         handle.write(json.dumps({"id": "after", "text": "And one after the huge line."}) + "\n")
     stats = _run(path, tmp_path / "out", [{"name": "length_filter", "max_chars": 10_000_000}, {"name": "exact_dedup"}])
     _accounted(stats)
-    rejected = pq.read_table(tmp_path / "out" / "rejected" / "huge.parquet")
+    rejected = pq.read_table(tmp_path / "out" / "rejected" / "part-00000.parquet")
     assert rejected.column("id").to_pylist() == ["huge"] and rejected.column("drop_reason").to_pylist() == ["length:too_long"]
     assert len(rejected.column("text")[0].as_py()) == 100_000_000  # rejected whole, nothing lost
-    assert pq.read_table(tmp_path / "out" / "kept" / "huge.parquet").column("id").to_pylist() == ["small", "after"]
+    assert pq.read_table(tmp_path / "out" / "kept" / "part-00000.parquet").column("id").to_pylist() == ["small", "after"]
 
 
 def test_a_million_tiny_documents(tmp_path):

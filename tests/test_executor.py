@@ -68,11 +68,11 @@ def test_every_row_is_kept_or_rejected_local_and_ray_agree(mixed_shards, tmp_pat
 
 def test_rejected_rows_carry_their_reason(mixed_shards, tmp_path):
     run(make_config(mixed_shards, tmp_path / "o", "local"))
-    rejected = pq.read_table(tmp_path / "o" / "rejected" / "c_reviews.parquet")
+    rejected = pq.read_table(tmp_path / "o" / "rejected" / "part-00002.parquet")
     assert set(rejected.column("drop_reason").to_pylist()) <= {"length:too_short", "length:too_long"}
     assert all(len(t) < 30 for t, r in zip(rejected.column("text").to_pylist(),
                                            rejected.column("drop_reason").to_pylist()) if r == "length:too_short")
-    kept = pq.read_table(tmp_path / "o" / "kept" / "c_reviews.parquet")
+    kept = pq.read_table(tmp_path / "o" / "kept" / "part-00002.parquet")
     assert "drop_reason" not in kept.column_names and "category" in kept.column_names
 
 
@@ -99,7 +99,7 @@ def test_bad_shard_fails_the_run_or_is_skipped(mixed_shards, tmp_path, kind, ray
     (mixed_shards / "z_broken.jsonl").write_text('{"text": "a fine line of text here, long enough"}\n{"text": oops}\n')
     with pytest.raises(PipelineError, match=r"z_broken.jsonl: line 2: not valid JSON"):
         run(make_config(mixed_shards, tmp_path / "fail", kind))
-    assert not (tmp_path / "fail" / "kept" / "z_broken.parquet").exists()
+    assert not (tmp_path / "fail" / "kept" / "part-00006.parquet").exists()
     assert not list((tmp_path / "fail").rglob(".*.tmp-*")), "no partial output"
     stats = run(make_config(mixed_shards, tmp_path / "skip", kind), skip_bad_shards=True)
     assert [b["path"].endswith("z_broken.jsonl") for b in stats["shards"]["bad"]] == [True]
@@ -118,10 +118,12 @@ def test_stage_actors_run_on_ray(tmp_path, ray_instance, data_dir):
         write_parquet(folder / f"part{i}.parquet", rows[i * 5000:(i + 1) * 5000])
     seen: set[str] = set()
     stop = threading.Event()
+    # this test's own Ray instance, never another one running on the machine
+    address = ray_instance.get_runtime_context().gcs_address
 
     def watch() -> None:
         while not stop.is_set():
-            for actor in list_actors(filters=[("state", "=", "ALIVE")]):
+            for actor in list_actors(address=address, filters=[("state", "=", "ALIVE")]):
                 seen.add(actor.class_name)
             time.sleep(0.2)
 
