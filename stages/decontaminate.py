@@ -365,9 +365,9 @@ class Decontaminate(Stage):
         self._labels = np.array([f"{b}:{i}" for b, i in zip(self.items.benchmark, self.items.item_id)], dtype=object)
         log.info("decontaminate: %d items, %s; index %.1f MB", len(self.items.item_id), report, self.index.nbytes / 1e6)
 
-    def contamination(self, text: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, TokenStream, "Hits"]:
+    def contamination(self, text: pa.Array, offsets: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, TokenStream, "Hits"]:
         """(doc, item) pairs with at least min_ngram_hits matching windows, and the hits behind them."""
-        tokens = tokenize(sanitize(text))
+        tokens = tokenize(sanitize(text), offsets)
         hits = self.index.lookup(tokens)
         which, item = self.index.items_of(hits.entry)
         doc = hits.doc[which]
@@ -408,7 +408,7 @@ class Decontaminate(Stage):
         reason = np.full(batch.num_rows, None, dtype=object)
         reason[live[hit_docs]] = [f"decontaminated:{names[b]}" for b in first[hit_docs]]
         if c.policy == "cut":
-            batch, kept = self._cut(batch, live, hit_docs, first, tokens, hits, set(zip(doc.tolist(), item.tolist())))
+            batch, kept = self._cut(batch, live[hit_docs], first[hit_docs])
             reason[live[hit_docs[kept]]] = None
         array = pa.array(reason.tolist(), pa.string())
         return drop_rows(batch, pc.is_valid(array), array)
@@ -422,12 +422,15 @@ class Decontaminate(Stage):
         values = pa.array(labels[order].tolist(), pa.string())
         return pa.ListArray.from_arrays(pa.array(offsets), values, type=pa.list_(pa.string()))
 
-    def _cut(self, batch: pa.RecordBatch, live: np.ndarray, hit_docs: np.ndarray, first: np.ndarray,
-             tokens: TokenStream, hits, contaminating: set[tuple[int, int]]) -> tuple[pa.RecordBatch, np.ndarray]:
-        """Cut the windows that match a contaminating item, with the margin, out of each hit document
-        (a Python loop over the contaminated documents only); which of them keep something."""
+    def _cut(self, batch: pa.RecordBatch, rows: np.ndarray, first: np.ndarray) -> tuple[pa.RecordBatch, np.ndarray]:
+        """Cut the windows that match a contaminating item, with the margin, out of the documents at `rows`
+        (tokenised again, with offsets, and a Python loop over these contaminated documents only); which
+        of them keep something. `first`: each one's first benchmark."""
         c = self.config
         names = [b.name for b in c.benchmarks]
+        texts = pc.take(batch.column(TEXT), pa.array(rows))
+        doc, item, _, tokens, hits = self.contamination(texts, offsets=True)
+        contaminating = set(zip(doc.tolist(), item.tolist()))
         which, hit_item = self.index.items_of(hits.entry)
         spans: dict[int, list[tuple[int, int]]] = {}
         for w, i in zip(which.tolist(), hit_item.tolist()):
@@ -435,17 +438,16 @@ class Decontaminate(Stage):
             if (d, i) in contaminating:
                 t = int(hits.token[w])
                 spans.setdefault(d, []).append((int(tokens.start[t]), int(tokens.end[t + hits.length[w] - 1])))
-        rows = live[hit_docs]
-        originals = pc.take(batch.column(TEXT), pa.array(rows)).to_pylist()
+        originals = texts.to_pylist()
         new_text = list(originals)
-        kept = np.zeros(len(hit_docs), dtype=bool)
-        for k, d in enumerate(hit_docs.tolist()):
-            pieces = _cut(originals[k], spans.get(d, []), c.cut_margin, c.min_piece_chars)
+        kept = np.zeros(len(rows), dtype=bool)
+        for d, original in enumerate(originals):
+            pieces = _cut(original, spans.get(d, []), c.cut_margin, c.min_piece_chars)
             if pieces and len(pieces) <= c.max_pieces:
-                new_text[k] = "\n".join(pieces)
-                kept[k] = True
+                new_text[d] = "\n".join(pieces)
+                kept[d] = True
                 self.metrics[f"cut:{names[first[d]]}"] += 1
-                self.metrics["bytes_removed"] += len(originals[k].encode()) - len(new_text[k].encode())
+                self.metrics["bytes_removed"] += len(original.encode()) - len(new_text[d].encode())
         position = np.full(batch.num_rows, -1, dtype=np.int64)
         position[rows] = np.arange(len(rows))
         gathered = pc.take(pa.array(new_text, pa.string()), pa.array(np.maximum(position, 0)))

@@ -111,21 +111,51 @@ class TokenStream:
         return starts[starts + n <= self.doc_end] if len(starts) else starts
 
 
-def tokenize(text: pa.Array) -> TokenStream:
-    """Tokens of every text (`text` already `regex_spans.sanitize`d), normalised and hashed."""
-    pieces = split_on_matches(text, TOKEN)
-    index = pieces.matches()
-    raw = pc.take(pieces.values, pa.array(index))
+SEPARATORS = r"[^\p{L}\p{N}\p{M}]+"
+CJK_CHAR = rf"[{_CJK}]"
+
+
+def tokenize(text: pa.Array, offsets: bool = False) -> TokenStream:
+    """Tokens of every text (`text` already `regex_spans.sanitize`d), normalised and hashed.
+
+    With `offsets`, each token's code-point span in its text too (`start`, `end`; zeros otherwise). The
+    two ways give the same tokens; the one without offsets splits at separators instead of cutting out
+    every token, about twice as fast (2.5 vs 1.3 s on 3 MB of the mixed shared text).
+    """
+    if offsets:
+        pieces = split_on_matches(text, TOKEN)
+        index = pieces.matches()
+        raw = pc.take(pieces.values, pa.array(index))
+        parent = pieces.parent[index]
+        start = pieces.start[index]
+        end = start + pieces.length[index]
+        n_rows = pieces.n_rows
+    else:
+        if isinstance(text, pa.ChunkedArray):
+            text = text.combine_chunks()
+        n_rows = len(text)
+        cjk_rows = np.flatnonzero(pc.fill_null(pc.match_substring_regex(text, CJK_CHAR), False)
+                                  .to_numpy(zero_copy_only=False))
+        if len(cjk_rows):  # every Han/Kana character a token of its own: spaces around them
+            spaced = pc.replace_substring_regex(pc.take(text, pa.array(cjk_rows)), CJK_CHAR, r" \0 ")
+            position = np.full(n_rows, -1, dtype=np.int64)
+            position[cjk_rows] = np.arange(len(cjk_rows))
+            text = pc.if_else(pa.array(position >= 0), pc.take(spaced, pa.array(np.maximum(position, 0))), text)
+        lists = pc.split_pattern_regex(text, SEPARATORS)
+        counts = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = pc.list_flatten(lists)
+        nonempty = pc.greater(pc.binary_length(values), 0)
+        raw = pc.filter(values, nonempty)
+        parent = np.repeat(np.arange(n_rows, dtype=np.int64), counts)[nonempty.to_numpy(zero_copy_only=False)]
+        start = end = np.zeros(len(raw), dtype=np.int64)
     normalised = pc.utf8_lower(pc.utf8_normalize(raw, "NFKC"))
     encoded = pc.dictionary_encode(normalised)
     hashes = string_hashes(encoded.dictionary)[encoded.indices.to_numpy(zero_copy_only=False)]
-    parent = pieces.parent[index]
-    counts = np.bincount(parent, minlength=pieces.n_rows)
-    row_offsets = np.zeros(pieces.n_rows + 1, dtype=np.int64)
+    counts = np.bincount(parent, minlength=n_rows)
+    row_offsets = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(counts, out=row_offsets[1:])
     cjk = pc.fill_null(pc.match_substring_regex(raw, CJK_TOKEN), False).to_numpy(zero_copy_only=False)
-    start = pieces.start[index]
-    return TokenStream(hashes, parent, start, start + pieces.length[index], cjk, normalised, row_offsets)
+    return TokenStream(hashes, parent, start, end, cjk, normalised, row_offsets)
 
 
 @dataclass

@@ -250,3 +250,21 @@ def test_both_stages_on_ray(tmp_path, eval_files, planted, ray_instance):
     by_id = dict(zip(kept.column("id").to_pylist(), kept.column("contaminated_by").to_pylist()))
     assert all(label in by_id[f"p{i}"] for i, (label, _) in enumerate(planted["labels"]))
     assert stats["stages"][0]["metrics"]["found:phone"] > 0
+
+
+def test_both_tokenisers_give_the_same_tokens(data_dir):
+    """Detection splits at separators; `cut` cuts tokens out with their offsets: same tokens either way."""
+    from curation.stages.ngram_index import tokenize
+    from curation.stages.regex_spans import sanitize
+
+    texts = [r["text"] for name in ("web_commoncrawl_samples.jsonl.gz", "lid_lingua_75lang.jsonl.gz",
+                                    "zh_reviews.jsonl.gz", "code_humanevalx_linux.jsonl.gz")
+             for r in read_jsonl(name, 800)] + ["ＡＢＣ１２ ﬁne ①② 中\u0301文 café\u0301 データ", ""]
+    text = sanitize(pa.array(texts))
+    fast, exact = tokenize(text), tokenize(text, offsets=True)
+    assert (fast.hashes == exact.hashes).all() and (fast.row_offsets == exact.row_offsets).all()
+    assert (fast.cjk == exact.cjk).all() and len(fast) > 100_000
+    # offsets point at the token in the original text
+    for t in range(0, len(exact), 997):
+        original = texts[exact.parent[t]][exact.start[t]:exact.end[t]]
+        assert original and exact.normalised[t].as_py() in (original.lower(), __import__("unicodedata").normalize("NFKC", original).lower())
