@@ -403,11 +403,20 @@ def _prepare_output(layout: Layout, fingerprint: dict[str, Any], overwrite: bool
             log.info("--overwrite: removed %d files of the earlier run in %s", len(removed), layout.root)
     if layout.fingerprint.exists():
         previous = json.loads(layout.fingerprint.read_text())
-        if previous != fingerprint:
+        finished = [p for p in layout.state.rglob("*.json") if p != layout.fingerprint]
+        if previous != fingerprint and not finished:
+            # An earlier run of another config that finished nothing (it failed on its first shards,
+            # say): nothing to keep, so the corrected config just starts.
+            log.info("%s: the earlier run there finished no shard; starting afresh", layout.root)
+            remove_run_outputs(layout.root)
+    if layout.fingerprint.exists():
+        if previous != fingerprint:  # and the earlier run finished something
+            files = [p for p in layout.root.rglob("*") if p.is_file()]
+            size = sum(p.stat().st_size for p in files)
             raise PipelineError(
-                f"{layout.root} holds the outputs of a different pipeline or input set; "
-                "run with --overwrite to start again, or choose another output.path"
-            )
+                f"{layout.root} holds the outputs of a different pipeline or input set ({len(finished)} finished "
+                f"step(s) of the earlier run; --overwrite would remove its {len(files):,} files, {size / 1e6:,.1f} MB, "
+                "all written by curation). Run with --overwrite to start again, or choose another output.path")
     else:
         try:
             layout.root.mkdir(parents=True, exist_ok=True)

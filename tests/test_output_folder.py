@@ -92,3 +92,22 @@ def test_overwrite_removes_only_its_own_run_and_refuses_when_a_foreign_file_was_
     texts = pq.read_table(out / "kept").column("text").to_pylist()
     assert texts and min(len(t) for t in texts) >= 500  # the second pipeline's outputs, not the first's
     assert sorted(p.name for p in (out / "kept").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+
+
+def test_a_failed_first_run_does_not_block_the_corrected_config(tmp_path, capsys):
+    inputs = corpus(tmp_path)
+    out = tmp_path / "out"
+    broken = tmp_path / "broken.yaml"
+    # a config error no load-time check can see: the text column names a column the data lacks
+    broken.write_text(yaml.safe_dump({"input": {"path": [str(inputs / "*.jsonl")], "text_column": "body"},
+                                      "output": {"path": str(out)}, "executor": {"kind": "local"},
+                                      "stages": [{"name": "length_filter", "min_chars": 30}]}))
+    assert main(["run", str(broken), "--no-progress"]) == 1
+    assert "no text column 'body'" in capsys.readouterr().err
+    fixed = pipeline_yaml(tmp_path, str(inputs / "*.jsonl"), str(out))
+    assert main(["run", str(fixed), "--no-progress"]) == 0  # nothing was finished: it simply starts
+    # once shards were finished, another config is refused with exactly what --overwrite would remove
+    other = pipeline_yaml(tmp_path, str(inputs / "*.jsonl"), str(out), min_chars=500)
+    assert main(["run", str(other), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "finished step(s) of the earlier run; --overwrite would remove its" in err and "MB" in err, err
