@@ -10,6 +10,12 @@ n-grams: word `ngram` (13) as in the GPT-3 and Llama reports. Chinese/Japanese s
 Han/Kana) use `ngram_cjk` characters. A segment shorter than its n but at least `min_ngram` (8, GPT-3's
 smallest N) or `min_ngram_cjk` tokens long is indexed whole: most MMLU-style questions are shorter than 13
 words and would otherwise be invisible. Shorter segments (answer options like "Paris") are not indexed.
+Measured (1,000 UD Chinese wiki sentences as items against 86 K MSRA news and review documents that do
+not contain them; 1,604 UD English web sentences against WikiText, GUM and the web sample): character
+8-grams hit 33 clean documents ("中国电影史上第一", "德国足球甲级联赛"), 10-grams and longer none, so
+`min_ngram_cjk` is 10 and `ngram_cjk` 13 (an English word is about 1.5 Chinese characters, but most
+Chinese questions are 20-60 characters long: 13 keeps 97% of the sentences indexable, 20 only 82%).
+Word 5-grams hit 163 clean documents ("for the rest of the"), 8-grams none: GPT-3's minimum of 8 holds.
 
 Not every n-gram may contaminate (a missed leak is worse than an extra drop, but one n-gram that is in
 every document must not drop them all):
