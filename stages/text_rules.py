@@ -273,6 +273,20 @@ def sentence_counts(text: pa.Array) -> np.ndarray:
     return np.maximum(latin + cjk, 1)
 
 
+# --- Treebank-like words -----------------------------------------------------------------------------
+
+# NLTK's word_tokenize (Treebank rules) splits punctuation off words: "Hello, world." is 4 tokens,
+# "don't" is "do" + "n't", "1,000", "e-mail" and "U.S" stay whole, "..." is one token. This expression
+# counts the same way without NLTK: a word with inner - . , / between letters or digits, a clitic
+# ('s, 't, 're...) as its own token, a run of periods or dashes, or any other single symbol.
+TREEBANK_TOKEN = r"[\pL\pN_]+(?:[-.,/][\pL\pN_]+)*|['’][\pL]+|\.{2,}|-{2,}|[^\s\pL\pN_]"
+
+
+def treebank_word_counts(text: pa.Array) -> np.ndarray:
+    """Words per string as NLTK's Treebank tokenizer would count them, approximately (see TREEBANK_TOKEN)."""
+    return pc.count_substring_regex(text, TREEBANK_TOKEN).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 # --- the Gopher repetition measures, compiled or in numpy -----------------------------------------
 
 SPACE, CJK, LETTER = 1, 2, 4

@@ -103,3 +103,34 @@ def test_cjk_sentence_ends_are_unchanged():
     old = np.maximum(pc.count_substring_regex(text, OLD_SENTENCE_END).to_numpy(zero_copy_only=False), 1)
     assert len(rows) > 400 and (old > 3).mean() > 0.5
     assert tr.sentence_counts(text).tolist() == old.tolist()
+
+
+# --- FineWeb: the reference's denominators ---------------------------------------------------------
+
+
+def test_duplicate_line_characters_are_over_characters_other_than_newlines():
+    # A real Common Crawl page with 0.00994 of its characters in duplicated lines counting newlines,
+    # 0.01004 without them as the reference divides (len(text.replace("\n", ""))): at 0.01 it goes.
+    text = document("web_commoncrawl_samples.jsonl.gz", "dolma-cc2019-0398")
+    lines = [line for line in text.split("\n") if line.strip()]
+    seen, duplicate = set(), 0
+    for line in lines:
+        duplicate += len(line) if line in seen else 0
+        seen.add(line)
+    assert duplicate / len(text) < 0.01 <= duplicate / len(text.replace("\n", ""))
+    assert decide("fineweb", [text], ["de"]) == ["fineweb:char_dup_ratio"]
+
+
+def test_list_ratio_counts_treebank_words():
+    # A real page of short punctuated lines: 31 newlines over 87 whitespace words is 0.36, over the 0.3
+    # limit, but the reference counts NLTK's tokens, which split punctuation off (about 175 here).
+    text = document("web_commoncrawl_samples.jsonl.gz", "dolma-cc2019-0001")
+    newlines = text.count("\n")
+    assert newlines / len(text.split()) > 0.3 >= newlines / tr.treebank_word_counts(pa.array([text]))[0]
+    assert tr.treebank_word_counts(pa.array(["Hello, world.", "I don't know... 1,000 e-mail"])).tolist() == [4, 7]
+
+
+def test_quotes_end_lines_as_in_the_reference():
+    # The reference's stop characters are . ' " ! ? : a line that closes a quotation ends a sentence.
+    assert tr.ends_with_any(pa.array(['He said "no."', "He said 'no'", 'He said "no"', "Menu"]),
+                            tr.TERMINAL_PUNCTUATION).tolist() == [True, True, True, False]
