@@ -2,48 +2,79 @@
 
 `Encoder.encode(texts)` returns (values, offsets): the token ids of every document laid end to end and
 where each document starts, the shape of an Arrow list column, so packing never touches a Python list
-per document. It uses `Tokenizer.encode_batch_fast` (no character offsets computed) where the installed
-`tokenizers` has it, `encode_batch` otherwise; the thread count is `tokenizers`' own (RAYON_NUM_THREADS;
-the Ray executor gives each stage actor one thread per CPU it holds).
+per document.
+
+Document text never becomes a control id: a document that contains the text `<|sep|>` (or any other
+special token's text) is encoded as that text, byte by byte, never as the separator's id, so a
+document cannot forge a document boundary in packed shards. Both backends split special tokens this
+way (HF `tokenizers`' `encode_special_tokens`, fastokens' `split_special_tokens`, as transformers'
+`split_special_tokens=True`), and every encoded batch is checked for control ids anyway.
+
+Two backends give the same ids. fastokens (`encode_batch_flat`: flat uint32 ids, no Python object per
+document or token) is used when it loads the file and gives exactly HF `tokenizers`' ids on the
+built-in parity sample (tokenizer/parity_sample.py: every script, digits, white space, control
+characters, a code point sweep, code, the special tokens' text), checked when the Encoder is built;
+otherwise HF `tokenizers` is used and `fallback_reason` says why (it is logged too). `backend` names
+the one in use. Measured in bench/bench_tokenizer.py (`encode` mode, bench/results/tokenizer_encode.json).
+
+Threads: `tokenizers` and fastokens' batch parallelism follow RAYON_NUM_THREADS (the Ray executor gives
+each stage actor one thread); fastokens' pool for the pieces of one long text reads its own
+FASTOKENS_BPE_THREADS, which is set to RAYON_NUM_THREADS where that is set and it is not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from curation.tokenizer.shards import sha256_file
+from curation.tokenizer import parity_sample
+
+log = logging.getLogger(__name__)
 
 SEP_TOKEN, PAD_TOKEN = "<|sep|>", "<|pad|>"
 DTYPE_CHOICES = ("uint16", "uint32", "auto")
+BACKEND_CHOICES = ("auto", "tokenizers")  # auto: fastokens where it passes the parity check
 UINT16_LIMIT = 1 << 16
+# tokenizers keeps an Encoding per document (token strings, offsets, masks: about 100 bytes a token),
+# so a 4 MiB batch at once peaked at +110 MB; in 64K-character pieces +13 MB, and no slower on one
+# thread (measured on the shared text). fastokens returns 4 bytes a token and no objects.
+ENCODE_CHUNK_CHARS = 64_000
+FAST_CHUNK_CHARS = 1 << 20
 
 
 class EncodeError(ValueError):
     """The tokenizer cannot be used as asked; the message says why and what to do."""
 
 
-ENCODE_CHUNK_CHARS = 64_000
-
-
 class Encoder:
-    def __init__(self, path: str | Path, dtype: str = "uint16", separator: str = SEP_TOKEN, pad: str = PAD_TOKEN) -> None:
+    def __init__(self, path: str | Path, dtype: str = "uint16", separator: str = SEP_TOKEN, pad: str = PAD_TOKEN,
+                 *, backend: str = "auto") -> None:
         from tokenizers import Tokenizer
 
         path = Path(path)
         if dtype not in DTYPE_CHOICES:
             raise EncodeError(f"dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
+        if backend not in BACKEND_CHOICES:
+            raise EncodeError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
         if not path.is_file():
             raise EncodeError(f"tokenizer file {path} does not exist: train one with `curation train-tokenizer`")
+        # one read: the hash, tokenizers and fastokens all see the same bytes
+        raw = path.read_bytes()
         try:
-            self.tokenizer = Tokenizer.from_file(str(path))
+            self._json = raw.decode("utf-8")
+            self.tokenizer = Tokenizer.from_str(self._json)
         except Exception as exc:  # tokenizers raises a bare Exception on a bad file
             raise EncodeError(f"{path} is not a tokenizer.json that HF tokenizers can load: {exc}") from None
+        # split special tokens: their text in a document is text (tokenizers >= 0.15 has the switch)
+        self.tokenizer.encode_special_tokens = True
         self.path = path
-        self.sha256 = sha256_file(path)
+        self.sha256 = hashlib.sha256(raw).hexdigest()
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
         fits = self.vocab_size <= UINT16_LIMIT
         if dtype == "uint16" and not fits:
@@ -52,7 +83,22 @@ class Encoder:
         self.dtype = np.dtype(np.uint16 if dtype == "uint16" or (dtype == "auto" and fits) else np.uint32)
         self.sep_id = self._special(separator, "separator")
         self.pad_id = self._special(pad, "padding")
-        self._encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        added = self.tokenizer.get_added_tokens_decoder()
+        self.special_tokens = {t.content: int(i) for i, t in added.items() if t.special}
+        self.control_ids = np.array(sorted({*self.special_tokens.values(), self.sep_id, self.pad_id}), np.int64)
+        largest = max(self.tokenizer.get_vocab(with_added_tokens=True).values(), default=0)
+        self._is_control = np.zeros(max(largest, self.vocab_size) + 1, bool)
+        self._is_control[self.control_ids] = True
+        self._hf_encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        self._fast = None
+        self.fallback_reason: str | None = None
+        if backend == "auto":
+            self._fast, self.fallback_reason = self._load_fastokens(sorted(c.content for c in added.values()))
+            if self._fast is None:
+                log.warning("%s: encoding with HF tokenizers, not fastokens: %s", path, self.fallback_reason)
+        else:
+            self.fallback_reason = "HF tokenizers asked for (backend='tokenizers')"
+        self.backend = "fastokens" if self._fast is not None else "tokenizers"
 
     def _special(self, token: str, role: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -61,26 +107,74 @@ class Encoder:
                               "(which adds <|bos|> <|eos|> <|pad|> <|sep|>) or name another token")
         return int(token_id)
 
+    # --- the two backends ------------------------------------------------------------------------
+
+    def _load_fastokens(self, added: list[str]):
+        """(fastokens tokenizer, None) when it loads this file and gives tokenizers' ids on the parity
+        sample, else (None, why not)."""
+        try:
+            import fastokens
+        except ImportError as exc:
+            return None, f"fastokens is not installed ({exc})"
+        if "RAYON_NUM_THREADS" in os.environ:
+            # read once per process, at fastokens' first encode: an actor's one thread holds for it too
+            os.environ.setdefault("FASTOKENS_BPE_THREADS", os.environ["RAYON_NUM_THREADS"])
+        try:
+            # from_json_str, not from_file: from_file also reads a tokenizer_config.json beside the
+            # file (train-tokenizer writes one for transformers), which tokenizers never does
+            fast = fastokens.Tokenizer.from_json_str(self._json)
+        except Exception as exc:  # an unsupported model, normalizer, pre-tokenizer or regex
+            return None, f"fastokens cannot load {self.path.name}: {type(exc).__name__}: {exc}"
+        try:
+            size = fast.vocab_size
+            if size != self.vocab_size:
+                return None, f"fastokens counts {size} ids in the vocabulary, tokenizers {self.vocab_size}"
+            texts = parity_sample.documents(sorted({*added, *self.special_tokens, SEP_TOKEN, PAD_TOKEN}))
+            ours = self._fast_chunk(fast, texts)
+        except Exception as exc:
+            return None, f"fastokens failed on the parity sample: {type(exc).__name__}: {exc}"
+        theirs = self._hf_chunk(texts)
+        why = first_difference(texts, ours, theirs)
+        if why:
+            return None, f"fastokens and tokenizers give different ids on the parity sample: {why}"
+        return fast, None
+
+    @staticmethod
+    def _fast_chunk(fast, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids, offsets = fast.encode_batch_flat(texts, add_special_tokens=False, split_special_tokens=True)
+        return np.frombuffer(ids, np.dtype("<u4")), np.frombuffer(offsets, np.dtype("<u8")).astype(np.int64)
+
+    def _hf_chunk(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encodings = self._hf_encode(texts, add_special_tokens=False)
+        lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
+        offsets = np.zeros(len(texts) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.uint32,
+                             count=int(offsets[-1]))
+        return values, offsets
+
+    # --- encoding --------------------------------------------------------------------------------
+
     def encode(self, texts: pa.Array | list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(values, offsets) of the documents' token ids; no special tokens are added. Encoded in pieces
-        of about ENCODE_CHUNK_CHARS characters: tokenizers keeps an Encoding per document (token
-        strings, offsets, masks: about 100 bytes a token), so a 4 MiB batch at once peaked at +110 MB;
-        in pieces +13 MB, and no slower on one thread (measured on the shared text)."""
+        """(values, offsets) of the documents' token ids; no special tokens are added, and special
+        tokens' text in a document is encoded as text. Encoded in pieces of about ENCODE_CHUNK_CHARS
+        characters (FAST_CHUNK_CHARS with fastokens) to bound memory."""
         if isinstance(texts, (pa.Array, pa.ChunkedArray)):
             texts = texts.to_pylist()
+        texts = ["" if t is None else t for t in texts]
+        limit = FAST_CHUNK_CHARS if self._fast is not None else ENCODE_CHUNK_CHARS
         lengths_parts, value_parts = [], []
         start = 0
         while start < len(texts):
             stop, chars = start, 0
-            while stop < len(texts) and (stop == start or chars + len(texts[stop] or "") <= ENCODE_CHUNK_CHARS):
-                chars += len(texts[stop] or "")
+            while stop < len(texts) and (stop == start or chars + len(texts[stop]) <= limit):
+                chars += len(texts[stop])
                 stop += 1
-            encodings = self._encode(texts[start:stop], add_special_tokens=False)
-            lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
-            value_parts.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=self.dtype,
-                                           count=int(lengths.sum())))
-            lengths_parts.append(lengths)
-            del encodings
+            chunk = texts[start:stop]
+            values, offsets = self._fast_chunk(self._fast, chunk) if self._fast is not None else self._hf_chunk(chunk)
+            self._check_no_control(values, offsets, start)
+            value_parts.append(values.astype(self.dtype))
+            lengths_parts.append(np.diff(offsets))
             start = stop
         offsets = np.zeros(len(texts) + 1, np.int64)
         if texts:
@@ -88,8 +182,34 @@ class Encoder:
         values = np.concatenate(value_parts) if value_parts else np.zeros(0, self.dtype)
         return values, offsets
 
+    def _check_no_control(self, values: np.ndarray, offsets: np.ndarray, first: int) -> None:
+        """Both backends split special tokens, so this never fires unless a tokenizer's BPE merges can
+        spell a special token out of plain text; packed data would then hold forged boundaries."""
+        hits = np.flatnonzero(self._is_control[values])
+        if len(hits):
+            doc = int(np.searchsorted(offsets, hits[0], side="right")) - 1
+            raise EncodeError(f"{self.path}: document {first + doc} of the batch encodes to control id "
+                              f"{int(values[hits[0]])} ({self.tokenizer.id_to_token(int(values[hits[0]]))!r}) from "
+                              "its text: this tokenizer's merges spell a special token; retrain it")
+
     def decode(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
+
+
+def first_difference(texts: list[str], ours: tuple[np.ndarray, np.ndarray],
+                     theirs: tuple[np.ndarray, np.ndarray]) -> str | None:
+    """None when two (values, offsets) encodings of `texts` are equal, else where they first differ."""
+    (a, a_off), (b, b_off) = ours, theirs
+    if len(a_off) == len(b_off) and np.array_equal(a_off, b_off) and np.array_equal(a, b):
+        return None
+    for i, text in enumerate(texts):
+        x, y = a[a_off[i]:a_off[i + 1]], b[b_off[i]:b_off[i + 1]]
+        if not np.array_equal(x, y):
+            k = next((j for j in range(min(len(x), len(y))) if x[j] != y[j]), min(len(x), len(y)))
+            return (f"text {i} ({text[:40]!r}{'...' if len(text) > 40 else ''}, {len(text)} characters): "
+                    f"from token {k}, {x[k:k + 6].tolist()} against {y[k:k + 6].tolist()} "
+                    f"({len(x)} and {len(y)} tokens)")
+    return f"the batches differ in length ({len(a)} and {len(b)} tokens)"
 
 
 def list_array(values: np.ndarray, offsets: np.ndarray) -> pa.LargeListArray:
