@@ -107,8 +107,18 @@ class RayBackend:
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
             if self.config.address:
-                ray.init(address=self.config.address, **kwargs)
+                try:
+                    ray.init(address=self.config.address, **kwargs)
+                except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+                    raise PipelineError(
+                        f"cannot connect to the Ray cluster at {self.config.address}: {str(exc).splitlines()[0][:300]}. "
+                        "Is it running, and is this machine one of its nodes? A cluster whose head has a token "
+                        "(Ray's token authentication) needs RAY_AUTH_MODE=token and the head's ~/.ray/auth_token "
+                        "here too (README: Running on a Ray cluster)") from None
             else:
+                # Ray's token authentication guards the embedded instance too (where ~/.ray/auth_token
+                # exists), but its start-up warning tells the user of a library nothing to act on.
+                logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
                 # The embedded default: a local Ray instance started (and stopped) by the library.
                 # address="local" starts a fresh one whatever RAY_ADDRESS or an earlier `ray start` on
                 # this machine names: only --address (executor.address) joins an existing cluster.
