@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import stat
 
 import numpy as np
 import pyarrow as pa
@@ -11,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import DATA
+from conftest import DATA, read_jsonl
 from curation.cli import main as cli_main
 from curation.tokenizer.sample import SampleError, SampleSpec, balanced_sample, group_bytes
-from curation.tokenizer.train import SPECIAL_TOKENS, TokenizerError, check_vocab_size, train_from_shards
+from curation.tokenizer.train import SPECIAL_TOKENS, TokenizerError, check_vocab_size, train_from_shards, train_tokenizer
 
 GROUP_OF = {"en": "en", "zh": "zh", "python": "code", "cpp": "code", "java": "code", "js": "code", "go": "code"}
 
@@ -157,3 +159,56 @@ def test_counting_splits_like_the_tokenizer(curated):
     texts = [r["text"] for r in curated["rows"][::40]] + ["  spaces\t\ttabs\r\n\n  2024年12月 3.14159 don't ÉCOLE", "x" * 5000]
     for text in texts:
         assert ours.findall(text) == [piece for piece, _ in split.pre_tokenize_str(text)], text[:80]
+
+
+def train_small(out, umask: int):
+    texts = [r["text"] for name in ("en_gum_docs.jsonl.gz", "zh_msra_news.jsonl.gz", "code_humanevalx_linux.jsonl.gz")
+             for r in read_jsonl(name, 200) if r["text"]]
+    old = os.umask(umask)
+    try:
+        return train_tokenizer(texts, out, vocab_size=1000)
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A small tokenizer folder written under umask 027."""
+    return train_small(tmp_path_factory.mktemp("published"), 0o027)
+
+
+PUBLISHED = ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "tokenizer_meta.json"]
+
+
+def test_published_files_get_the_umask_mode(published, tmp_path):
+    """The files are published with 0666 less the umask (a temporary file's 0600 kept other users of a
+    shared tokenizer out), and no temporary file is left."""
+    assert sorted(p.name for p in published.parent.iterdir()) == PUBLISHED
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in published.parent.iterdir()} == dict.fromkeys(PUBLISHED, 0o640)
+    again = train_small(tmp_path / "tok", 0o002).parent
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in again.iterdir()} == dict.fromkeys(PUBLISHED, 0o664)
+
+
+def test_transformers_sees_the_special_tokens(published):
+    """AutoTokenizer on the folder knows bos/eos/pad/sep, pads a batch with <|pad|>, and encodes and
+    decodes as the Encoder does, special tokens' text included."""
+    from transformers import AutoTokenizer
+
+    from curation.tokenizer.encode import Encoder
+
+    tok = AutoTokenizer.from_pretrained(published.parent)
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.sep_token) == SPECIAL_TOKENS
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.sep_token_id) == (0, 1, 2, 3)
+    batch = tok(["a", "longer text"], padding=True)
+    short, long_ = batch["input_ids"]
+    assert len(short) == len(long_) > 1 and batch["attention_mask"][1] == [1] * len(long_)
+    kept = sum(batch["attention_mask"][0])
+    assert kept >= 1 and short[kept:] == [tok.pad_token_id] * (len(short) - kept)
+    encoder = Encoder(published)
+    texts = [r["text"] for r in read_jsonl("en_ud_ewt_web_docs.jsonl.gz", 20)]
+    texts = [t[:50] + "<|sep|>" + t[50:] + " <|pad|><|eos|>" for t in texts] + ["Hello , world .  x", "中文<|bos|>"]
+    values, offsets = encoder.encode(texts)
+    for i, text in enumerate(texts):
+        ids = tok(text)["input_ids"]
+        assert ids == values[offsets[i]:offsets[i + 1]].tolist(), text
+        assert tok.decode(ids) == text

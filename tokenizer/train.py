@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -135,10 +136,36 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
         raise TokenizerError("no text to train on: the sample is empty")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out, suffix=".tmp", delete=False) as handle:
-        handle.write(tokenizer.to_str())
-    os.replace(handle.name, out / "tokenizer.json")
     meta = {"vocab_size": tokenizer.get_vocab_size(), "special_tokens": {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS},
             "pattern": pattern, "documents": seen, "uint16": uint16, **(extra_meta or {})}
-    (out / "tokenizer_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    for name, data in transformers_files().items():
+        write_atomic(out / name, json.dumps(data, indent=2) + "\n")
+    write_atomic(out / "tokenizer_meta.json", json.dumps(meta, indent=2) + "\n")
+    # last: a tokenizer.json means the folder is complete (the job skips training when it exists)
+    write_atomic(out / "tokenizer.json", tokenizer.to_str())
     return out / "tokenizer.json"
+
+
+def transformers_files() -> dict[str, dict]:
+    """tokenizer_config.json and special_tokens_map.json, so that `AutoTokenizer.from_pretrained(folder)`
+    knows the special tokens (padding works) and encodes as `Encoder` does: no spaces cleaned up on
+    decoding (the decoding is lossless), and special tokens' text in the input split as text
+    (`split_special_tokens`), as in the packed shards."""
+    roles = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "sep_token": SEP}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **roles, "clean_up_tokenization_spaces": False,
+              "split_special_tokens": True, "padding_side": "right"}
+    return {"tokenizer_config.json": config, "special_tokens_map.json": roles}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers see the old file or the
+    whole new one. The file gets the usual mode (0666 less the umask): tempfile's files are 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
