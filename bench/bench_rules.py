@@ -4,6 +4,12 @@ filters on the same English documents, one core each, in one run; also the agree
     bash scripts/setup_bench.sh && .venv/bin/python bench/bench_rules.py [--repeat 3]
 
 datatrove runs in .venv-bench (its dependencies clash with ours), in a subprocess on the same Parquet file.
+
+    .venv/bin/python bench/bench_rules.py --kernels [--rounds 3]
+
+measures each rule stage alone, CPU-seconds per MB of text over all nine shared/data files, with the
+compiled kernels (curation/native/text_rules.cc) and with the numpy path, in alternating rounds of one
+run (bench/results/rules_kernels.json).
 """
 
 from __future__ import annotations
@@ -119,10 +125,58 @@ def prose_kept(folder: Path) -> dict:
     return result
 
 
+def kernels(rounds: int) -> dict:
+    from conftest import DATA
+
+    from curation import rules_native
+    from curation.stages import text_rules
+
+    rows = []
+    for path in sorted(DATA.glob("*.jsonl.gz")):
+        rows += read_jsonl(path.name)
+    batches = []
+    for i in range(0, len(rows), 4096):
+        chunk = rows[i:i + 4096]
+        batches.append(pa.RecordBatch.from_pydict({
+            "id": [r["id"] for r in chunk], "text": [r["text"] or "" for r in chunk],
+            "lang": pa.array([r.get("lang") for r in chunk], pa.string()), DROP_REASON: pa.nulls(len(chunk), pa.string())}))
+    mb = sum(len((r["text"] or "").encode()) for r in rows) / 1e6
+    stages = {name: build_stage({"name": name}) for name in RULES}
+    text_rules.unicode_flags()  # once per process, not per batch
+    seconds: dict[str, dict[str, list[float]]] = {name: {"compiled": [], "numpy": []} for name in RULES}
+    for _ in range(rounds):
+        for path in ("compiled", "numpy"):
+            os.environ["CURATION_RULES_NATIVE"] = "1" if path == "compiled" else "0"
+            rules_native.library.cache_clear()
+            if path == "compiled" and rules_native.library() is None:
+                sys.exit(f"{rules_native.library_path()} is not built: run scripts/build_kenlm.sh")
+            for name, stage in stages.items():
+                start = time.process_time()
+                for batch in batches:
+                    stage(batch)
+                seconds[name][path].append(time.process_time() - start)
+    report = {"docs": len(rows), "text_mb": round(mb, 2), "rounds": rounds, "clock": "process CPU time, one core",
+              # only gopher_repetition has a compiled kernel so far: the other stages run the same code in
+              # both columns, so their ratio is the measurement noise
+              "compiled_kernels": ["gopher_repetition"], "cpu_s_per_mb": {}, "speedup": {}}
+    for name in RULES:
+        best = {path: min(values) for path, values in seconds[name].items()}
+        report["cpu_s_per_mb"][name] = {path: round(value / mb, 4) for path, value in best.items()}
+        report["speedup"][name] = round(best["numpy"] / best["compiled"], 2)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--kernels", action="store_true", help="compiled against numpy rule kernels only")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.kernels:
+        report = kernels(args.rounds)
+        print(json.dumps(report, indent=2))
+        (REPO / "bench" / "results" / "rules_kernels.json").write_text(json.dumps(report, indent=2) + "\n")
+        return
     if not BENCH_PYTHON.exists():
         sys.exit("run scripts/setup_bench.sh first")
     rows = english_documents(args.repeat)
