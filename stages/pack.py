@@ -3,14 +3,17 @@
 A global stage, because a source's stream runs across input shards:
 
 1. `keys` (in the stage workers, in parallel over input shards, streaming): each batch's live documents
-   are tokenized (or taken from the `tokens` column a `tokenize` stage wrote) and packed per source as
-   they come, full sequences going straight to `OUT/<source>/<shard>.bin`; at the end of the shard its
+   are tokenized (or taken from the `tokens` column a `tokenize` stage wrote with this same tokenizer,
+   its sha256 recorded in the column's field; any other tokens column is ignored and the text encoded)
+   and packed per source as they come, full sequences going straight to `OUT/<source>/<shard>.bin`;
+   at the end of the shard its
    index and metadata are written (tokenizer/shards.py). With `concat` what is left after the shard's
    last full sequence, its *tail* (under `seq_len` tokens per source), is all that is spilled.
    `bestfit` packs a source's documents of the shard when the shard ends (its window needs them).
 2. `aggregate` (the driver: the tails are small): per source, the tails of all shards in corpus order
    are packed into `OUT/<source>/_tail.*`, whose last sequence is padded (the only padding `concat`
-   writes). Last, `OUT/pack.json` lists every shard (written last: the packing is complete).
+   writes); its metadata's `continues` names the input shard of each document it finishes. Last,
+   `OUT/pack.json` lists every shard (written last: the packing is complete).
 3. No `apply`: rows pass unchanged, and as the last stage of a pipeline `pack` adds no pass.
 
 The source of a document: the first `sources` entry whose shard-name patterns match its input shard,

@@ -11,7 +11,9 @@ memory-mappable `.bin`):
     NAME.json           metadata, written last (its presence means the shard is complete): format and
                         version, source, seq_len, dtype, sequences, tokens, document tokens, padding,
                         documents, split documents, separator and pad ids, the tokenizer's sha256, and
-                        the sha256 of the .bin and the index
+                        the sha256 of the .bin and the index; a `concat` source's `_tail` also lists
+                        `continues`: [{doc, shard}], the tail documents that finish the last
+                        document of an input shard's packed shard
 
 Files are written under temporary names and renamed; a shard without its JSON is not a shard.
 """
