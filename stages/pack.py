@@ -6,8 +6,7 @@ A global stage, because a source's stream runs across input shards:
    are tokenized (or taken from the `tokens` column a `tokenize` stage wrote with this same tokenizer,
    its sha256 recorded in the column's field; any other tokens column is ignored and the text encoded)
    and packed per source as they come, full sequences going straight to `OUT/<source>/<shard>.bin`;
-   at the end of the shard its
-   index and metadata are written (tokenizer/shards.py). With `concat` what is left after the shard's
+   at the end of the shard its index and metadata are written (tokenizer/shards.py). With `concat` what is left after the shard's
    last full sequence, its *tail* (under `seq_len` tokens per source), is all that is spilled.
    `bestfit` packs a source's documents of the shard when the shard ends (its window needs them).
 2. `aggregate` (the driver: the tails are small): per source, the tails of all shards in corpus order
