@@ -9,6 +9,10 @@ Metrics: `paragraphs_removed`, `bytes_removed`.
 Corpus-wide like `exact_dedup`: workers spill (hash, shard, row, paragraph) for every paragraph, the
 aggregate step shuffles them by hash into partitions (Ray tasks) and each partition lists the later
 copies; each worker then reads only the removals of its shard.
+
+Against an earlier run (`index_read`, see `dedup_index`): the indexed paragraph hashes join the shuffle
+as shards before the corpus, so a paragraph an indexed run saw is cut wherever it appears in this one.
+`index_write` keeps the hashes this run saw first: 8 bytes per distinct paragraph.
 """
 
 from __future__ import annotations
@@ -22,31 +26,53 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curation.io import AtomicParquetWriter
 from curation.stage import TEXT, AggregateContext, BatchPosition, GlobalStage, drop_rows, live_mask, register_stage, set_column
 from curation.stages import text_rules as tr
-from curation.stages.dedup_common import partition_keys, read_partition
+from curation.stages import dedup_index
+from curation.stages.dedup_common import partition_keys, partition_of, read_partition, write_partitions
 
 REMOVAL_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("paragraph", pa.int32())])
+INDEX_SCHEMA = pa.schema([("hash", pa.uint64())])
+INDEX_HASH = "blake2b-64 little-endian of the paragraph lower-cased, white space collapsed and trimmed"
 
 
-def _removals(args: tuple[str, str]) -> dict[str, int]:
-    """Shuffle reduce: in one partition, every occurrence of a paragraph after its first."""
-    part_dir, out_path = args
+def _partition_index(args: tuple[str, int, str, int]) -> int:
+    """Shuffle map of an index part: its hashes as paragraphs of shard `shard` (negative: before the corpus)."""
+    index_path, shard, parts_dir, partitions = args
+    hashes = pq.read_table(index_path).cast(INDEX_SCHEMA).column("hash").combine_chunks()
+    n = len(hashes)
+    table = pa.table({"hash": hashes, "shard": pa.array(np.full(n, shard, np.int32)),
+                      "row": pa.array(np.zeros(n, np.int64)), "paragraph": pa.array(np.zeros(n, np.int32))})
+    write_partitions(table, partition_of(hashes, partitions), parts_dir, f"index{-shard:06d}.parquet", partitions)
+    return n
+
+
+def _removals(args: tuple[str, str, str | None]) -> dict[str, int]:
+    """Shuffle reduce: in one partition, every occurrence of a paragraph after its first; with an index
+    to write, the hashes whose first occurrence is in this run."""
+    part_dir, out_path, index_out = args
     table = read_partition(part_dir)
     writer = AtomicParquetWriter(out_path, schema=REMOVAL_SCHEMA)
-    removed = 0
+    index_writer = AtomicParquetWriter(index_out, schema=INDEX_SCHEMA) if index_out else None
+    removed = ours_total = 0
     if table is not None and table.num_rows:
         table = table.sort_by([("hash", "ascending"), ("shard", "ascending"), ("row", "ascending"),
                                ("paragraph", "ascending")])
         hashes = table.column("hash").to_numpy()
         later = np.concatenate([[False], hashes[1:] == hashes[:-1]])
-        removals = table.select(["shard", "row", "paragraph"]).filter(pa.array(later))
+        ours = table.column("shard").to_numpy() >= 0  # index rows (negative shards) are never cut
+        removals = table.select(["shard", "row", "paragraph"]).filter(pa.array(later & ours))
         writer.write(removals.sort_by([("shard", "ascending"), ("row", "ascending")]).cast(REMOVAL_SCHEMA))
-        removed = int(later.sum())
+        if index_writer:
+            index_writer.write(pa.table({"hash": hashes[~later & ours]}, schema=INDEX_SCHEMA))
+        removed, ours_total = int((later & ours).sum()), int(ours.sum())
     writer.commit()
-    return {"paragraphs": 0 if table is None else table.num_rows, "duplicate_paragraphs": removed}
+    if index_writer:
+        index_writer.commit()
+    return {"paragraphs": ours_total, "duplicate_paragraphs": removed}
 
 
 @register_stage("paragraph_dedup")
@@ -58,6 +84,15 @@ class ParagraphDedup(GlobalStage):
         separator: str = "\n"
         min_chars: int = 50  # a document left shorter is dropped
         partitions: int = 16
+        index_read: tuple[str, ...] = ()  # indexes of earlier runs (see `dedup_index`), oldest first
+        index_write: str | None = None  # a new folder: the paragraph hashes this run saw first
+
+    def __init__(self, config: Any = None, /, **options: Any) -> None:
+        super().__init__(config, **options)
+        dedup_index.check_options(self.name, self.config.index_read, self.config.index_write, self.index_settings())
+
+    def index_settings(self) -> dict[str, Any]:
+        return {"hash": INDEX_HASH, "separator": self.config.separator}
 
     def keys(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.Table | None:
         rows = np.flatnonzero(tr.to_numpy_bool(live_mask(batch)))
@@ -81,11 +116,22 @@ class ParagraphDedup(GlobalStage):
 
     def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
         parts_dir = os.path.join(ctx.work_dir, "parts")
-        n = self.config.partitions
+        n, c, settings = self.config.partitions, self.config, self.index_settings()
+        index_in = dedup_index.index_parts(c.index_read, self.name, settings)
+        token = dedup_index.run_token(ctx.work_dir, ctx.keys_paths)
+        writing = c.index_write is not None and dedup_index.begin_write(c.index_write, self.name, token)
+        staging = dedup_index.staging_dir(c.index_write) if writing else None
         ctx.map(partition_keys, [(path, parts_dir, n, "hash") for path in ctx.keys_paths])
+        # Index parts are shards -len(parts)..-1: all before the corpus, the first listed index first.
+        ctx.map(_partition_index, [(path, k - len(index_in), parts_dir, n) for k, path in enumerate(index_in)])
         results = ctx.map(_removals, [(os.path.join(parts_dir, f"p{p:04d}"),
-                                       os.path.join(ctx.work_dir, "removals", f"p{p:04d}.parquet")) for p in range(n)])
-        return {key: sum(r[key] for r in results) for key in ("paragraphs", "duplicate_paragraphs")}
+                                       os.path.join(ctx.work_dir, "removals", f"p{p:04d}.parquet"),
+                                       os.path.join(staging, dedup_index.part_name(p)) if staging else None)
+                                      for p in range(n)])
+        total = {key: sum(r[key] for r in results) for key in ("paragraphs", "duplicate_paragraphs")}
+        if writing:
+            total["index_written"] = dedup_index.publish(c.index_write, self.name, settings, token, n)["rows"]
+        return total
 
     def prepare(self, work_dir: str, shard_index: int) -> None:
         import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
