@@ -1,6 +1,7 @@
 """Tokenizer evaluation: bytes per token per group on held-out text, vocabulary usage, longest tokens,
 side by side with a plain `tokenizers.ByteLevelBPETokenizer` trained on the same sample (the sample
-is drawn again from the spec stored with the tokenizer: sampling is deterministic)."""
+is drawn again from the spec stored with the tokenizer: sampling is deterministic). The tokenizer is
+measured through `Encoder`, the encoding the packed shards get; the report names its backend."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from curation.tokenizer.encode import Encoder
 from curation.tokenizer.sample import SampleSpec, _batches, _groups, balanced_sample
 
 BATCH_DOCS = 1000
@@ -27,15 +29,19 @@ def held_out_groups(paths: list[str], spec: SampleSpec, max_docs_per_group: int 
     return {g: t for g, t in texts.items() if t}
 
 
-def bytes_per_token(tokenizer: Tokenizer, texts: list[str]) -> tuple[float, np.ndarray]:
-    """(UTF-8 bytes per token, ids used) over `texts`."""
+def bytes_per_token(tokenizer: Tokenizer | Encoder, texts: list[str]) -> tuple[float, np.ndarray]:
+    """(UTF-8 bytes per token, ids used) over `texts`, with an Encoder or a plain Tokenizer."""
     total_bytes, total_tokens, used = 0, 0, []
     for start in range(0, len(texts), BATCH_DOCS):
         chunk = texts[start:start + BATCH_DOCS]
-        encodings = tokenizer.encode_batch(chunk, add_special_tokens=False)
+        if isinstance(tokenizer, Encoder):
+            ids = tokenizer.encode(chunk)[0].astype(np.int64)
+        else:
+            encodings = tokenizer.encode_batch(chunk, add_special_tokens=False)
+            ids = np.concatenate([np.asarray(e.ids, np.int64) for e in encodings] or [np.zeros(0, np.int64)])
         total_bytes += sum(len(t.encode("utf-8")) for t in chunk)
-        total_tokens += sum(len(e.ids) for e in encodings)
-        used.append(np.unique(np.concatenate([np.asarray(e.ids, np.int64) for e in encodings] or [np.zeros(0, np.int64)])))
+        total_tokens += len(ids)
+        used.append(np.unique(ids))
     return total_bytes / max(total_tokens, 1), np.unique(np.concatenate(used)) if used else np.zeros(0, np.int64)
 
 
@@ -50,14 +56,16 @@ def plain_baseline(spec: SampleSpec, inputs: list[str], vocab_size: int) -> Toke
 def evaluate(tokenizer_path: str | Path, held_out: list[str], baseline: bool = True) -> dict:
     tokenizer_path = Path(tokenizer_path)
     meta = json.loads((tokenizer_path.parent / "tokenizer_meta.json").read_text())
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    encoder = Encoder(tokenizer_path, "auto")
+    tokenizer = encoder.tokenizer
     spec = SampleSpec(**meta["sample"])
     groups = held_out_groups(held_out, spec)
     others = {"plain_byte_level_bpe": plain_baseline(spec, meta["inputs"], meta["vocab_size"])} if baseline else {}
-    report: dict = {"tokenizer": str(tokenizer_path), "vocab_size": tokenizer.get_vocab_size(), "groups": {}}
+    report: dict = {"tokenizer": str(tokenizer_path), "vocab_size": tokenizer.get_vocab_size(),
+                    "encoder_backend": encoder.backend, "fallback_reason": encoder.fallback_reason, "groups": {}}
     all_used = []
     for group, texts in groups.items():
-        ours, used = bytes_per_token(tokenizer, texts)
+        ours, used = bytes_per_token(encoder, texts)
         all_used.append(used)
         row = {"docs": len(texts), "bytes_per_token": round(ours, 4)}
         for name, other in others.items():
