@@ -23,6 +23,15 @@ signatures and the edges of one pair of shards, a components task one partition 
 root of the largest cluster brings all of its cluster's edges to one task). The driver holds counts:
 nothing it holds grows with the corpus or with the duplicates. Every sub-step leaves a marker
 (`components.Steps`), so a killed aggregate resumes at the first unfinished one.
+
+Against an earlier run (`index_read`, see `dedup_index`): an index part holds, per document the
+indexed run's stage saw (copies too: a new document may be close only to an old copy), its band keys,
+signature and the id of the document its cluster kept (`root_id`), 8 x bands + 4 x num_perm bytes and
+two ids (608 bytes and ids at the defaults). Each part becomes a keys file of a shard before the
+corpus (negative shard numbers): its documents join the buckets and verification like this run's, pairs
+of two indexed documents are dropped (the indexed run decided those), and a new document whose
+component holds an indexed one is rejected with `duplicate_of` = that component's earliest indexed
+document's `root_id`. `index_write` keeps this run's documents the same way, one part per shard.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStag
 from curation.stages import text_rules as tr
 from curation.stages.components import Steps, read_keyed, write_undirected
 from curation.stages.components import connected_components as distributed_components
+from curation.stages import dedup_index
 from curation.stages.dedup_common import DECISION_SCHEMA, AppliesDecisions, read_partition, write_partitions
 
 FNV_OFFSET = np.uint32(0x811C9DC5)
@@ -291,6 +301,8 @@ def _bucket_edges(args: tuple[str, str, int, int, int, bool]) -> int:
         return 0
     src, dst = bucket_pairs(table.column("band_key").to_numpy(), table.column("node").to_numpy(), neighbours)
     del table
+    ours = dst >= 0  # src < dst: a pair with dst in an index (negative shards) has both ends there
+    src, dst = src[ours], dst[ours]
     if not verify:
         write_undirected(src, dst, edges_dir, f"bucket-{partition:04d}", partitions)
         return len(src)
@@ -398,6 +410,7 @@ def _cluster_decisions(args: tuple[int, str, str, str]) -> dict[str, int]:
     table = pa.table({"shard": member_shard, "row": member & ((1 << ROW_BITS) - 1),
                       "duplicate_of": duplicate_of, "dup_cluster": cluster}).cast(DECISION_SCHEMA)
     order = np.lexsort((member, member_shard))
+    order = order[member_shard[order] >= 0]  # indexed documents (negative shards) keep their decisions
     table, member_shard = table.take(pa.array(order)), member_shard[order]
     for lo, hi in _runs(member_shard):
         writer = AtomicParquetWriter(os.path.join(decisions_dir, f"s{member_shard[lo]:06d}", f"root-{shard:06d}.parquet"),
@@ -405,8 +418,45 @@ def _cluster_decisions(args: tuple[int, str, str, str]) -> dict[str, int]:
         writer.write(table.slice(lo, hi - lo))
         writer.commit()
     histogram = np.unique(np.minimum(sizes, 10), return_counts=True)
-    return {"clusters": int(len(roots)), "duplicates": int(len(leaf)),
+    return {"clusters": int(len(roots)), "duplicates": int((leaf >= 0).sum()),
             **{f"cluster_size_{int(k)}{'+' if k == 10 else ''}": int(v) for k, v in zip(*histogram)}}
+
+
+def _index_as_keys(args: tuple[str, int, str]) -> int:
+    """An index part as the keys file of shard `shard` (negative: before the corpus). Its `id` is the
+    indexed `root_id`: a new copy names the document the indexed run kept, which `_cluster_decisions`
+    reads from the root's keys file."""
+    index_path, shard, out_path = args
+    table = pq.read_table(index_path, columns=["root_id", "band_keys", "signature"])
+    node = (np.int64(shard) << ROW_BITS) + np.arange(table.num_rows, dtype=np.int64)
+    writer = AtomicParquetWriter(out_path)
+    writer.write(pa.table({"node": node, "id": table.column("root_id"), "band_keys": table.column("band_keys"),
+                           "signature": table.column("signature")}))
+    writer.commit()
+    return table.num_rows
+
+
+def _index_part(args: tuple[int, str, str, str]) -> int:
+    """This run's index part for one shard: every document of its spilled rows, in corpus order, with
+    the id of the document its cluster kept (its own where it is kept)."""
+    import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
+
+    shard, keys_path, decisions_dir, out_path = args
+    keys = pq.read_table(keys_path, columns=["node", "id", "band_keys", "signature"])
+    keys = keys.take(pa.array(np.argsort(keys.column("node").to_numpy(), kind="stable")))
+    files = sorted(glob.glob(os.path.join(decisions_dir, f"s{shard:06d}", "*.parquet")))
+    row = keys.column("node").to_numpy() & ((1 << ROW_BITS) - 1)
+    root_id = keys.column("id").combine_chunks()
+    if files:
+        decided = ds.dataset(files, format="parquet", schema=DECISION_SCHEMA).to_table(columns=["row", "duplicate_of"])
+        decided = decided.filter(pc.is_valid(decided.column("duplicate_of")))
+        where = pc.index_in(pa.array(row), value_set=decided.column("row").combine_chunks())
+        root_id = pc.coalesce(decided.column("duplicate_of").combine_chunks().take(where), root_id)
+    writer = AtomicParquetWriter(out_path)
+    writer.write(pa.table({"id": keys.column("id"), "root_id": root_id, "band_keys": keys.column("band_keys"),
+                           "signature": keys.column("signature")}))
+    writer.commit()
+    return keys.num_rows
 
 
 def connected_components(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -450,6 +500,8 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         # (see `bucket_pairs`; measured in bench/bench_dedup_lsh.py).
         bucket_neighbours: int = 4
         cjk_languages: tuple[str, ...] = tr.CJK_LANGUAGES
+        index_read: tuple[str, ...] = ()  # indexes of earlier runs (see `dedup_index`), oldest first
+        index_write: str | None = None  # a new folder: this run's band keys and signatures, for later runs
 
         def __post_init__(self) -> None:
             if not 0 < self.threshold < 1 or self.num_perm < 2 or self.ngram < 1:
@@ -464,6 +516,14 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         # Taken here, where the stage is built (the driver), and carried to the workers with the stage:
         # datasketch imports scipy, about 45 MB in every worker that imported it for two small arrays.
         self._a, self._b = permutations(c.num_perm, c.seed)
+        dedup_index.check_options(self.name, c.index_read, c.index_write, self.index_settings())
+
+    def index_settings(self) -> dict[str, Any]:
+        """What an index's band keys and signatures depend on (the threshold only through bands x rows)."""
+        c = self.config
+        return {"shingles": "word_hash32 words folded by FNV (shingle_hash32); CJK characters as words",
+                "ngram": c.ngram, "num_perm": c.num_perm, "seed": c.seed, "bands": self.bands, "rows": self.rows,
+                "cjk_languages": list(c.cjk_languages)}
 
     def signatures(self, text: pa.Array, langs: pa.Array | None) -> np.ndarray:
         words = tr.words(text, tr.cjk_mask(langs, len(text), self.config.cjk_languages))
@@ -486,7 +546,7 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
             "id": ids,
             "band_keys": pa.FixedSizeListArray.from_arrays(pa.array(keys.reshape(-1)), self.bands),
         }
-        if self.config.verify:  # one signature per document, read back only for candidate pairs
+        if self.config.verify or self.config.index_write:  # read back only for candidate pairs (and the index)
             width = 4 * self.config.num_perm
             columns["signature"] = pa.FixedSizeBinaryArray.from_buffers(
                 pa.binary(width), len(node), [None, pa.py_buffer(np.ascontiguousarray(signature[has_words]).tobytes())])
@@ -501,8 +561,18 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         n, c = self.config.partitions, self.config
         steps = Steps(work)
         shards = list(zip(ctx.keys_shards, ctx.keys_paths))
+        settings = self.index_settings()
+        index_in = dedup_index.index_parts(c.index_read, self.name, settings)
+        token = dedup_index.run_token(ctx.work_dir, ctx.keys_paths)
+        writing = c.index_write is not None and dedup_index.begin_write(c.index_write, self.name, token)
+        # Index parts are shards -len(parts)..-1: all before the corpus, the first listed index first.
+        index_dir = os.path.join(work, "index-keys")
+        indexed_shards = [(k - len(index_in), os.path.join(index_dir, f"i{k:06d}.parquet")) for k in range(len(index_in))]
+        indexed = steps.run("index-keys", [index_dir], lambda: sum(ctx.map(_index_as_keys, [
+            (path, shard, out) for path, (shard, out) in zip(index_in, indexed_shards)])))
+        shards = indexed_shards + shards
         steps.run("bands", [parts_dir], lambda: sum(ctx.map(_partition_band_keys, [
-            (path, parts_dir, n) for path in ctx.keys_paths])))
+            (path, parts_dir, n) for _, path in shards])))
         candidates = steps.run("buckets", [edges_dir, verified_dir], lambda: sum(ctx.map(_bucket_edges, [
             (os.path.join(parts_dir, f"p{p:04d}"), edges_dir if c.verify else verified_dir, p, n,
              c.bucket_neighbours, c.verify) for p in range(n)])))
@@ -522,12 +592,22 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         totals = steps.run("decisions", [decisions_dir], lambda: _sum_counts(ctx.map(_cluster_decisions, [
             (s, path, by_root_dir, decisions_dir) for s, path in shards])))
         os.makedirs(decisions_dir, exist_ok=True)
-        for folder in (verified_dir, star_dir, by_root_dir):
+        for folder in (verified_dir, star_dir, by_root_dir, index_dir):
             shutil.rmtree(folder, ignore_errors=True)
+        index_written = {}
+        if writing:
+            staging = dedup_index.staging_dir(c.index_write)
+            ours = list(zip(ctx.keys_shards, ctx.keys_paths))
+            steps.run("index-write", [staging], lambda: sum(ctx.map(_index_part, [
+                (s, path, decisions_dir, os.path.join(staging, dedup_index.part_name(k)))
+                for k, (s, path) in enumerate(ours)])))
+            index_written = {"index_written": dedup_index.publish(c.index_write, self.name, settings, token,
+                                                                  len(ours))["rows"]}
         histogram = sorted((k, v) for k, v in totals.items() if k.startswith("cluster_size_"))
         return {"bands": self.bands, "rows": self.rows, "candidate_edges": int(candidates),
                 "verified_edges": int(verified), "components_rounds": cc["rounds"],
                 "clusters": totals.get("clusters", 0), "duplicates": totals.get("duplicates", 0),
+                "indexed_documents": int(indexed), **index_written,
                 **dict(sorted(histogram, key=lambda kv: int(kv[0].split("_")[-1].rstrip("+"))))}
 
 

@@ -110,7 +110,7 @@ def test_index_errors_name_the_file(tmp_path, planted):  # noqa: F811
     with pytest.raises(ValueError, match=f"{manifest} is an index of 'minhash_dedup'"):
         pipeline_from_dict(_config(tmp_path, {"name": "exact_dedup", "index_read": [str(index)]}))
     with pytest.raises(ValueError, match="also in index_read"):
-        pipeline_from_dict(_config(tmp_path, {"name": "exact_dedup", "index_read": [str(index)], "index_write": str(index)}))
+        pipeline_from_dict(_config(tmp_path, {"name": "minhash_dedup", "index_read": [str(index)], "index_write": str(index)}))
     # A finished index is never overwritten by another run.
     with pytest.raises(ValueError, match="already exists"):
         run(first, tmp_path / "again", [{"name": "minhash_dedup", "partitions": 2, "index_write": str(index)}])
