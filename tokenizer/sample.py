@@ -7,11 +7,18 @@ the second keeps each document with probability `min(1, quota / group bytes)`, d
 (seed, shard, row), so a sample is the same for the same seed and inputs whatever the batch sizes.
 Nothing but one record batch is ever held. Rows whose group is not configured count as `other` when
 `other` has a share, and are skipped otherwise.
+
+Held-out slice (`holdout_fraction`): a document whose id (`id_column`) hashes under the fraction is never
+sampled, whatever the seed, budget or inputs' order, so the tokenizer can be measured on text it did not
+see (`held_out` yields those documents). Bytes per token measured on the training text flatter the
+tokenizer: Chinese gave 5.11 in-sample against 3.12 on held-out Chinese prose. Rows without an id column
+are never held out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Iterator
 
 import numpy as np
@@ -35,8 +42,13 @@ class SampleSpec:
     seed: int = 0
     group_column: str = "lang_group"
     text_column: str = "text"
+    holdout_fraction: float = 0.0  # documents never sampled (by a hash of the id), for evaluation
+    id_column: str = "id"
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.holdout_fraction < 0.5:
+            raise SampleError(f"holdout_fraction must be in [0, 0.5), got {self.holdout_fraction}: "
+                              "a few percent is enough to measure the tokenizer")
         if not self.shares or any(v < 0 for v in self.shares.values()) or sum(self.shares.values()) <= 0:
             raise SampleError("shares: give positive shares per group, e.g. {en: 0.5, zh: 0.3, other: 0.2}")
         if self.budget_bytes <= 0:
@@ -50,12 +62,44 @@ class SampleSpec:
 
 def _batches(paths: list[str], spec: SampleSpec) -> Iterator[tuple[int, int, pa.RecordBatch]]:
     """(shard index, row offset, batch) over the inputs; empty texts are dropped by the reader."""
-    config = InputConfig(path=tuple(paths), text_column=spec.text_column, id_column=None, empty_text="drop")
+    # the documents' own ids only when they decide the held-out slice (the reader derives "<file>:<row>"
+    # ids where a file has none; without a slice, inputs with repeated ids are read as they are)
+    id_column = spec.id_column if spec.holdout_fraction > 0 else None
+    config = InputConfig(path=tuple(paths), text_column=spec.text_column, id_column=id_column, empty_text="drop")
     for shard in list_shards(config):
         offset = 0
         for batch in read_shard(shard, config):
             yield shard.index, offset, batch
             offset += batch.num_rows
+
+
+def id_uniform(ids: pa.Array) -> np.ndarray:
+    """A number in [0, 1) per document id, from blake2b of the id's UTF-8 (NaN for a null id): the same
+    for a document in any file, run or order."""
+    out = np.full(len(ids), np.nan)
+    for i, value in enumerate(ids.cast(pa.string()).to_pylist()):
+        if value is not None:
+            digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8, person=b"cur-held").digest()
+            out[i] = (int.from_bytes(digest, "little") >> 11) / float(1 << 53)
+    return out
+
+
+def held_out_mask(batch: pa.RecordBatch, spec: SampleSpec) -> np.ndarray:
+    """True for the rows in the held-out slice."""
+    if spec.holdout_fraction <= 0 or spec.id_column not in batch.schema.names:
+        return np.zeros(batch.num_rows, bool)
+    with np.errstate(invalid="ignore"):
+        return id_uniform(batch.column(spec.id_column)) < spec.holdout_fraction
+
+
+def held_out(paths: list[str], spec: SampleSpec, columns: tuple[str, ...] = ()) -> Iterator[pa.RecordBatch]:
+    """The held-out documents of the inputs, batch by batch: the text, the group column and `columns`
+    where present (empty texts skipped, as the sample skips them)."""
+    for _, _, batch in _batches(paths, spec):
+        keep = held_out_mask(batch, spec) & pc.is_null(batch.column("drop_reason")).to_numpy(zero_copy_only=False)
+        if keep.any():
+            names = [n for n in ("text", spec.group_column, *columns) if n in batch.schema.names]
+            yield batch.select(names).filter(pa.array(keep))
 
 
 def _groups(batch: pa.RecordBatch, spec: SampleSpec) -> np.ndarray:
@@ -67,7 +111,7 @@ def _groups(batch: pa.RecordBatch, spec: SampleSpec) -> np.ndarray:
     if OTHER in spec.shares:
         groups = np.where(np.isin(groups, list(spec.shares)), groups, OTHER)
     empty = pc.is_valid(batch.column("drop_reason")).to_numpy(zero_copy_only=False)
-    return np.where(empty, "", groups)  # "" = not sampled
+    return np.where(empty | held_out_mask(batch, spec), "", groups)  # "" = not sampled
 
 
 def group_bytes(paths: list[str], spec: SampleSpec) -> dict[str, int]:
@@ -92,8 +136,9 @@ def _uniform(seed: int, shard: int, rows: np.ndarray) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def balanced_sample(paths: list[str], spec: SampleSpec, totals: dict[str, int] | None = None) -> Iterator[str]:
-    """The sampled texts, in input order (second pass)."""
+def balanced_sample(paths: list[str], spec: SampleSpec, totals: dict[str, int] | None = None,
+                    column: str | None = None) -> Iterator[str]:
+    """The sampled texts (or the values of `column`, e.g. the ids), in input order (second pass)."""
     totals = totals if totals is not None else group_bytes(paths, spec)
     missing = [g for g, n in totals.items() if n == 0 and spec.shares[g] > 0]
     if missing:
@@ -106,4 +151,4 @@ def balanced_sample(paths: list[str], spec: SampleSpec, totals: dict[str, int] |
         threshold = np.array([rate.get(g, 0.0) for g in groups])
         keep = u < threshold
         if keep.any():
-            yield from pc.filter(batch.column("text"), pa.array(keep)).to_pylist()
+            yield from pc.filter(batch.column(column or "text"), pa.array(keep)).to_pylist()
