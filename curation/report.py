@@ -1,7 +1,9 @@
 """`OUT/report.html`: one self-contained page (inline SVG plots, no script, no server, nothing fetched)
-about a finished job: the funnel of documents and bytes per stage, drop reasons, languages, perplexity
-per language with the bucket cut-offs, dedup cluster sizes, tokens per source and per phase, tokenizer
-bytes per token per language, and the time of every stage and step. Plots are matplotlib (Agg) SVG."""
+about a finished job: the funnel of documents and bytes per stage, drop reasons, languages by documents
+and bytes, perplexity per language (documents of the files that trained the model apart) with the bucket
+cut-offs and how many documents they came from, dedup cluster sizes, tokens per source and per phase,
+tokenizer bytes per token per language on held-out text, and the time of every stage and step. Plots
+are matplotlib (Agg) SVG; counts print with thousands separators, bytes in KB/MB/GB."""
 
 from __future__ import annotations
 
@@ -41,76 +43,160 @@ def _svg(fig) -> str:
     return text[:start] + text[end + len("</metadata>"):] if start >= 0 and end > start else text
 
 
-def _barh(labels: list[str], values: list[float], title: str, xlabel: str, color: str = "#4c72b0") -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) + 1.0))
+def count_text(value: float) -> str:
+    """A count with thousands separators: 194,120 (not 1.941e+05)."""
+    return f"{value:,.0f}" if abs(value) >= 100 or float(value).is_integer() else f"{value:,.3g}"
+
+
+def bytes_text(value: float) -> str:
+    """Bytes in the unit that keeps three digits or fewer: 812 B, 45.2 KB, 56.1 MB, 1.2 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:,.3g} {unit}" if value / scale < 1000 else f"{value / scale:,.0f} {unit}"
+    return f"{value:,.0f} B"
+
+
+def _axis(ax, kind: str, which: str = "x") -> None:
+    """Ticks as counts or bytes, at most 4 on a bar axis: labels as wide as "150,000" at 9 px need about
+    45 px each, and the narrowest axis here (a 5.5 inch panel of the funnel) is 400 px wide."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(MaxNLocator(nbins=4, min_n_ticks=2, integer=kind == "count"))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: bytes_text(v) if kind == "bytes" else count_text(v)))
+
+
+def _bars(ax, labels: list[str], values: list[float], kind: str, color: str, title: str) -> None:
+    """Horizontal bars with their values at the ends; the x range leaves room for the value labels."""
     ax.barh(range(len(labels)), values, color=color)
     ax.set_yticks(range(len(labels)), labels)
-    ax.invert_yaxis()
-    ax.set_xlabel(xlabel)
     ax.set_title(title)
+    _axis(ax, kind)
+    ax.set_xlim(0, max(max(values, default=0), 1e-9) * 1.3)  # the widest value label fits inside
     for i, v in enumerate(values):
-        ax.text(v, i, f" {v:,.4g}", va="center", fontsize=8)
+        ax.text(v, i, " " + (bytes_text(v) if kind == "bytes" else count_text(v)), va="center", fontsize=8)
+    ax.invert_yaxis()
+
+
+def _barh(labels: list[str], values: list[float], title: str, xlabel: str, color: str = "#4c72b0",
+          kind: str = "count") -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(labels) + 1.0))
+    _bars(ax, labels, values, kind, color, title)
+    ax.set_xlabel(xlabel)
     return _svg(fig)
 
 
-def _columns(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
-    import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
+def _pair(labels: list[str], docs: list[float], size: list[float], what: str) -> str:
+    """Documents and bytes side by side, one label column."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(labels) + 1.2), sharey=True)
+    _bars(axes[0], labels, docs, "count", "#4c72b0", f"documents {what}")
+    _bars(axes[1], labels, size, "bytes", "#55a868", f"bytes of text {what}")
+    axes[1].invert_yaxis()  # shared y: undo the second inversion
+    return _svg(fig)
+
+
+def _columns(folder: Path, names: list[str], part_files: bool = False) -> dict[str, np.ndarray]:
+    """Columns of the Parquet files of `folder` (at most MAX_ROWS rows); "text" gives the UTF-8 bytes of
+    each text as "text_bytes"; `part_files` adds "part" (the file each row came from)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     files = sorted(folder.glob("*.parquet")) if folder.exists() else []
-    if not files:
-        return {}
-    dataset = ds.dataset([str(f) for f in files], format="parquet")
-    present = [n for n in names if n in dataset.schema.names]
-    if not present:
-        return {}
-    table = dataset.head(MAX_ROWS, columns=present)
-    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in present}
+    found: dict[str, list[np.ndarray]] = {}
+    rows = 0
+    for path in files:
+        if rows >= MAX_ROWS:
+            break
+        parquet = pq.ParquetFile(path)
+        present = [n for n in names if n in parquet.schema_arrow.names]
+        if not present:
+            continue
+        table = parquet.read(columns=present).slice(0, MAX_ROWS - rows)
+        rows += table.num_rows
+        for name in present:
+            column = table.column(name)
+            if name == "text":
+                found.setdefault("text_bytes", []).append(pc.binary_length(column).to_numpy(zero_copy_only=False))
+            else:
+                found.setdefault(name, []).append(column.to_numpy(zero_copy_only=False))
+        if part_files:
+            found.setdefault("part", []).append(np.full(table.num_rows, f"{folder.name}/{path.name}", dtype=object))
+    return {name: np.concatenate(parts) for name, parts in found.items()}
 
 
 def _funnel(stats: dict) -> str:
-    plt = _plt()
     stages = stats["stages"]
     labels = ["input"] + [s["key"] for s in stages]
     docs = [stats["input"]["docs"]] + [s["docs_out"] for s in stages]
-    mb = [stats["input"]["bytes"] / 1e6] + [s["bytes_out"] / 1e6 for s in stages]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.3 * len(labels) + 1.2), sharey=True)
-    for ax, values, name, color in ((axes[0], docs, "documents", "#4c72b0"), (axes[1], mb, "MB of text", "#55a868")):
-        ax.barh(range(len(labels)), values, color=color)
-        ax.set_yticks(range(len(labels)), labels)
-        ax.set_title(f"{name} left after each stage")
-        for i, v in enumerate(values):
-            ax.text(v, i, f" {v:,.4g}", va="center", fontsize=8)
-    axes[0].invert_yaxis()
-    return _svg(fig)
+    size = [stats["input"]["bytes"]] + [s["bytes_out"] for s in stages]
+    return _pair(labels, docs, size, "left after each stage")
 
 
-def _perplexity(columns: dict[str, np.ndarray], models_dir: str | None) -> list[str]:
+def gold_parts(out: Path, gold: dict[str, list[str]]) -> dict[str, str]:
+    """Output part file ("kept/part-00003.parquet") -> the language whose KenLM model its input trained
+    (OUT/shards.json maps parts to inputs; paths compared resolved)."""
+    index = out / "shards.json"
+    if not gold or not index.exists():
+        return {}
+    trained = {str(Path(f).resolve()): lang for lang, files in gold.items() for f in files}
+    parts = {}
+    for entry in json.loads(index.read_text()):
+        lang = trained.get(str(Path(entry["input"]).resolve()))
+        if lang is not None:
+            parts[entry["kept"]] = parts[entry["rejected"]] = lang
+    return parts
+
+
+def _perplexity(columns: dict[str, np.ndarray], meta: dict, parts: dict[str, str]) -> list[str]:
+    """Histograms of log10 perplexity per language: documents from the files that trained that language's
+    model apart from the others (scored by a model that saw them, they sit low and would pull the picture
+    towards "good"), with the bucket cut-offs."""
     plt = _plt()
     if "ppl" not in columns or "lang" not in columns:
         return []
-    cutoffs = {}
-    if models_dir and (Path(models_dir) / "quality.json").exists():
-        meta = json.loads((Path(models_dir) / "quality.json").read_text()).get("kenlm", {})
-        cutoffs = {lang: entry["cutoffs"]["ppl"] for lang, entry in meta.items()}
     plots = []
     ppl, lang = columns["ppl"].astype(float), columns["lang"].astype(str)
+    part = columns.get("part", np.full(len(ppl), "", dtype=object)).astype(str)
     for language in sorted(set(lang[np.isfinite(ppl)].tolist())):
-        values = ppl[(lang == language) & np.isfinite(ppl)]
-        if len(values) < 5:
+        rows = (lang == language) & np.isfinite(ppl)
+        if rows.sum() < 5:
             continue
-        fig, ax = plt.subplots(figsize=(7, 2.6))
-        ax.hist(np.log10(values), bins=60, color="#8172b2")
+        from_gold = rows & np.isin(part, [p for p, l in parts.items() if l == language])
+        others, golden = np.log10(ppl[rows & ~from_gold]), np.log10(ppl[from_gold])
+        bins = np.histogram_bin_edges(np.log10(ppl[rows]), bins=60)
+        fig, ax = plt.subplots(figsize=(7, 2.8))
+        ax.hist(others, bins=bins, color="#8172b2", label=f"other sources ({count_text(len(others))})")
+        if len(golden):
+            ax.hist(golden, bins=bins, histtype="step", linewidth=1.5, color="#ff7f0e",
+                    label=f"gold sources, trained the model ({count_text(len(golden))})")
         ax.set_xlabel("log10 perplexity")
         ax.set_ylabel("documents")
-        ax.set_title(f"perplexity, {language} ({len(values):,} documents scored)")
-        for name, color in (("head", "#2ca02c"), ("middle", "#d62728")):
-            if language in cutoffs:
-                ax.axvline(np.log10(cutoffs[language][name]), color=color, linestyle="--", label=f"{name} cut-off")
-        if language in cutoffs:
-            ax.legend()
+        _axis(ax, "count", "y")
+        ax.set_title(f"perplexity, {language} ({count_text(int(rows.sum()))} documents scored)")
+        entry = meta.get(language)
+        if entry:
+            for name, color in (("head", "#2ca02c"), ("middle", "#d62728")):
+                ax.axvline(np.log10(entry["cutoffs"]["ppl"][name]), color=color, linestyle="--", label=f"{name} cut-off")
+        ax.legend(fontsize=7, loc="upper right")
         plots.append(_svg(fig))
     return plots
+
+
+def _cutoff_note(meta: dict, gold: dict[str, list[str]]) -> str:
+    """Where each language's bucket cut-offs came from, in words."""
+    notes = []
+    for language, entry in sorted(meta.items()):
+        if "cutoff_sample_docs" not in entry:
+            continue
+        where = ("documents given to calibrate" if entry.get("cutoff_sample") == "calibrate" else
+                 f"held-out gold documents (every {entry['holdout_every']}th, not trained on)" if entry.get("holdout_every")
+                 else "held-out gold documents (not trained on)")
+        files = ", ".join(Path(f).name for f in gold.get(language, []))
+        notes.append(f"{language}: cut-offs from {count_text(entry['cutoff_sample_docs'])} {where}; model trained on "
+                     f"{count_text(entry.get('train_docs', 0))} documents" + (f" of {files}" if files else ""))
+    return "; ".join(notes)
 
 
 def _clusters(stats: dict) -> str | None:
@@ -138,8 +224,8 @@ def _tokens(out: Path) -> list[str]:
     if pack.exists():
         summary = json.loads(pack.read_text())
         names = list(summary["sources"])
-        plots.append(_barh(names, [summary["sources"][n]["document_tokens"] / 1e6 for n in names],
-                           "tokens per source (packed, millions)", "million tokens", "#dd8452"))
+        plots.append(_barh(names, [summary["sources"][n]["document_tokens"] for n in names],
+                           "tokens per source (packed)", "tokens", "#dd8452"))
     manifest = out / "manifest.json"
     if manifest.exists():
         plt = _plt()
@@ -148,14 +234,16 @@ def _tokens(out: Path) -> list[str]:
         fig, ax = plt.subplots(figsize=(7, 0.5 * len(data["phases"]) + 1.2))
         left = np.zeros(len(data["phases"]))
         for source in sources:
-            values = np.array([sum(r["count"] for r in p["allocation"].get(source, [])) * data["seq_len"] / 1e6
+            values = np.array([sum(r["count"] for r in p["allocation"].get(source, [])) * data["seq_len"]
                                for p in data["phases"]])
             ax.barh([p["name"] for p in data["phases"]], values, left=left, label=source)
             left += values
         ax.invert_yaxis()
-        ax.set_xlabel("million tokens")
+        _axis(ax, "count")
+        ax.set_xlim(0, max(left.max(), 1) * 1.02)
+        ax.set_xlabel("tokens")
         ax.set_title("tokens per phase and source (manifest)")
-        ax.legend(fontsize=7, ncol=4, loc="lower right")
+        ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.35))  # below: never over a bar
         plots.append(_svg(fig))
     return plots
 
@@ -166,8 +254,32 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(out: str | Path, models_dir: str | None = None) -> Path:
+def _tokenizer_section(evaluation: dict) -> list[str]:
+    groups = evaluation["groups"]
+    names = list(groups)
+    held = evaluation.get("held_out")
+    plots = [_barh(names, [groups[g]["bytes_per_token"] for g in names],
+                   "bytes per token on held-out text, by language group (higher is better)", "bytes per token", "#937860")]
+    if held:
+        plots.insert(0, "<p>" + html.escape(
+            f"Held out of the tokenizer's training sample by a hash of the document id ({held['id_column']}): "
+            f"{held['fraction']:.0%} of the curated documents, {count_text(held['docs'])} documents "
+            f"({bytes_text(held['bytes'])}); at most {bytes_text(held['max_bytes_per_group'])} per group measured. "
+            "None of them was in the sample. On the text the sample was drawn from, the same measure is higher: "
+            "that is the in-sample number, shown for comparison.") + "</p>")
+        rows = [[g, count_text(r["docs"]), bytes_text(r["bytes"]), f"{r['bytes_per_token']:.3f}",
+                 f"{r['training_text_bytes_per_token']:.3f}" if "training_text_bytes_per_token" in r else "-"]
+                for g, r in groups.items()]
+        plots.append(_table(rows, ["group", "held-out documents", "held-out text", "bytes per token, held out",
+                                   "bytes per token, training text"]))
+    return plots
+
+
+def write_report(out: str | Path, models_dir: str | None = None, gold: dict[str, list[str]] | None = None) -> Path:
+    """Write OUT/report.html. `gold`: language -> the files its KenLM model was trained on (the job's
+    quality_models.kenlm), so that their documents are plotted apart."""
     out = Path(out)
+    gold = gold or {}
     stats = json.loads((out / "stats.json").read_text())
     sections: list[tuple[str, list[str]]] = []
     sections.append(("Funnel", [_funnel(stats)]))
@@ -178,16 +290,26 @@ def write_report(out: str | Path, models_dir: str | None = None) -> Path:
         top = reasons.most_common(25)
         sections.append(("Drop reasons", [_barh([r for r, _ in top], [c for _, c in top], "documents dropped, by reason",
                                                  "documents", "#c44e52")]))
-    kept = _columns(out / "kept", ["lang", "ppl", "dataset"])
-    rejected = _columns(out / "rejected", ["lang", "ppl"])
+    kept = _columns(out / "kept", ["lang", "ppl", "text"], part_files=True)
+    rejected = _columns(out / "rejected", ["lang", "ppl"], part_files=True)
     if "lang" in kept:
-        counts = Counter(kept["lang"].astype(str).tolist()).most_common(25)
-        sections.append(("Languages", [_barh([c for c, _ in counts], [n for _, n in counts],
-                                             "kept documents by language (lid)", "documents", "#64b5cd")]))
-    both = {k: np.concatenate([kept[k], rejected[k]]) for k in ("ppl", "lang") if k in kept and k in rejected}
-    ppl_plots = _perplexity(both, models_dir)
+        by_docs = Counter(kept["lang"].astype(str).tolist())
+        by_bytes: Counter = Counter()
+        for language, size in zip(kept["lang"].astype(str).tolist(), kept["text_bytes"].tolist()):
+            by_bytes[language] += size
+        top = sorted(set(l for l, _ in by_docs.most_common(25)) | set(l for l, _ in by_bytes.most_common(25)),
+                     key=lambda l: -by_bytes[l])[:30]
+        sections.append(("Languages", [_pair(top, [by_docs[l] for l in top], [by_bytes[l] for l in top],
+                                             "kept, by language (lid)")]))
+    both = {k: np.concatenate([kept[k], rejected[k]]) for k in ("ppl", "lang", "part") if k in kept and k in rejected}
+    meta = {}
+    if models_dir and (Path(models_dir) / "quality.json").exists():
+        meta = json.loads((Path(models_dir) / "quality.json").read_text()).get("kenlm", {})
+    ppl_plots = _perplexity(both, meta, gold_parts(out, gold))
     if ppl_plots:
-        sections.append(("Perplexity (kept and rejected documents, bucket cut-offs dashed)", ppl_plots))
+        note = _cutoff_note(meta, gold)
+        sections.append(("Perplexity (kept and rejected documents, bucket cut-offs dashed)",
+                         ([f"<p>{html.escape(note)}</p>"] if note else []) + ppl_plots))
     clusters = _clusters(stats)
     if clusters:
         sections.append(("Dedup clusters", [clusters]))
@@ -196,19 +318,16 @@ def write_report(out: str | Path, models_dir: str | None = None) -> Path:
         sections.append(("Tokens", token_plots))
     evaluation = out / "tokenizer" / "eval.json"
     if evaluation.exists():
-        groups = json.loads(evaluation.read_text())["groups"]
-        names = list(groups)
-        sections.append(("Tokenizer", [_barh(names, [groups[g]["bytes_per_token"] for g in names],
-                                              "bytes per token by language group (higher is better)", "bytes per token",
-                                              "#937860")]))
-    times = [[s["key"], f"{s['wall_s']:.1f}", f"{s['cpu_s']:.1f}", f"{s['docs_in']:,}", f"{s['docs_out']:,}"] for s in stats["stages"]]
+        sections.append(("Tokenizer", _tokenizer_section(json.loads(evaluation.read_text()))))
+    times = [[s["key"], f"{s['wall_s']:.1f}", f"{s['cpu_s']:.1f}", count_text(s["docs_in"]), count_text(s["docs_out"])]
+             for s in stats["stages"]]
     job = out / "job.json"
     steps = json.loads(job.read_text()).get("steps", {}) if job.exists() else {}
     time_plot = _barh(list(steps), list(steps.values()), "wall time per job step (s)", "seconds", "#8c8c8c") if steps else ""
     sections.append(("Run times", [time_plot, _table(times, ["stage", "wall s (summed over workers)", "cpu s", "docs in", "docs out"])]))
 
-    summary = (f"input {stats['input']['docs']:,} documents ({stats['input']['bytes'] / 1e6:,.1f} MB); kept "
-               f"{stats['output']['kept_docs']:,} ({stats['output']['kept_bytes'] / 1e6:,.1f} MB); rejected "
+    summary = (f"input {count_text(stats['input']['docs'])} documents ({bytes_text(stats['input']['bytes'])}); kept "
+               f"{count_text(stats['output']['kept_docs'])} ({bytes_text(stats['output']['kept_bytes'])}); rejected "
                f"{stats['output']['rejected_docs']:,}; curation wall time {stats['wall_s']:.1f} s")
     parts = [f'<section><h2>{html.escape(title)}</h2>' + "".join(f'<div class="plot">{p}</div>' for p in plots) + "</section>"
              for title, plots in sections]

@@ -34,7 +34,9 @@ def job_inputs(tmp_path_factory) -> Path:
 
 
 def job_config(inputs: Path, out: Path, models: Path, executor: dict) -> dict:
-    gold_en = [str(DATA / "en_wikitext2_valid_test.jsonl.gz"), str(DATA / "en_gum_docs.jsonl.gz")]
+    # the gold files are inputs too (all their documents: under 400 each), as in the demo: the report
+    # plots their documents apart from the text the model judges
+    gold_en = [str(inputs / "en_wikitext2_valid_test.jsonl"), str(inputs / "en_gum_docs.jsonl")]
     return {
         "input": {"sources": {s: [str(inputs / f"{n}.jsonl") for n in names] for s, names in FILES.items()},
                   "empty_text": "drop"},
@@ -48,7 +50,7 @@ def job_config(inputs: Path, out: Path, models: Path, executor: dict) -> dict:
                    {"name": "quality_classifier", "model_dir": str(models)},
                    {"name": "exact_dedup", "partitions": 4}, {"name": "paragraph_dedup", "partitions": 4},
                    {"name": "minhash_dedup", "partitions": 4}],
-        "tokenizer": {"vocab_size": 2000, "budget_mb": 2, "shares": {"en": 0.4, "zh": 0.3, "code": 0.1, "other": 0.2}},
+        "tokenizer": {"vocab_size": 2000, "budget_mb": 2, "holdout_fraction": 0.05, "shares": {"en": 0.4, "zh": 0.3, "code": 0.1, "other": 0.2}},
         "pack": {"seq_len": 256},
         "phases": {"sources": {s: {"max_epochs": 4} for s in FILES},
                    "phases": [{"name": "one", "tokens": 60_000, "seed": 1,
