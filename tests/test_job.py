@@ -177,3 +177,51 @@ def test_report_renders_in_headless_chromium(local_job, tmp_path):
     image = Image.open(shot).convert("L")
     colours = len(set(image.getdata()))
     assert colours > 50  # plots drawn, not a blank page
+
+
+def test_tokenizer_is_evaluated_on_documents_it_never_sampled(local_job):
+    """The held-out slice (by a hash of the id) is never in the training sample, and eval.json measures
+    bytes per token on it, beside the same measure on the text the sample came from."""
+    from curation.tokenizer.sample import SampleSpec, balanced_sample, held_out
+
+    out, _ = local_job
+    meta = json.loads((out / "tokenizer" / "tokenizer_meta.json").read_text())
+    spec = SampleSpec(**meta["sample"])
+    assert spec.holdout_fraction == 0.05
+    kept = [str(out / "kept")]
+    held = {row["id"]: row["text"] for batch in held_out(kept, spec, ("id",)) for row in batch.to_pylist()}
+    sampled_ids = set(balanced_sample(kept, spec, column="id"))
+    sampled_texts = set(balanced_sample(kept, spec))
+    assert len(held) > 50 and len(sampled_ids) > 500
+    assert not sampled_ids & set(held)
+    assert not sampled_texts & set(held.values())
+    evaluation = json.loads((out / "tokenizer" / "eval.json").read_text())
+    assert evaluation["held_out"]["docs"] == len(held)
+    assert evaluation["held_out"]["bytes"] == sum(len(t.encode("utf-8")) for t in held.values())
+    assert {"en", "zh"} <= set(evaluation["groups"])
+    for group, row in evaluation["groups"].items():
+        assert 0 < row["docs"] and row["bytes"] <= evaluation["held_out"]["max_bytes_per_group"], group
+        assert 1.0 < row["bytes_per_token"] < 8.0, (group, row)
+
+
+def test_report_labels_do_not_overlap(local_job, tmp_path):
+    """Every SVG label of the real report, laid out by headless Chromium: no two touch."""
+    from test_report import label_overlaps
+
+    out, _ = local_job
+    found = label_overlaps(out / "report.html", tmp_path)
+    assert found["measured"] > 200, found["measured"]  # the check saw the plots' labels
+    assert found["overlaps"] == [], found["overlaps"][:20]
+
+
+def test_report_says_what_trained_the_models_and_what_was_held_out(local_job):
+    out, models = local_job
+    page = (out / "report.html").read_text()
+    entry = json.loads((models / "quality.json").read_text())["kenlm"]["en"]
+    # 299 English gold documents: every 5th held out gives at least 50 for the cut-offs
+    assert entry["cutoff_sample_docs"] >= 50 and entry["holdout_every"] == 5
+    assert f"en: cut-offs from {entry['cutoff_sample_docs']} held-out gold documents" in page
+    assert "gold sources, trained the model" in page
+    assert "e+0" not in page  # no 1.941e+05
+    held = json.loads((out / "tokenizer" / "eval.json").read_text())["held_out"]
+    assert f"{held['docs']:,} documents" in page
