@@ -8,12 +8,12 @@ then `a*h + b mod 2^32`), computed for a whole Arrow batch at once with numpy. T
 num_perm, seed, hashfunc=shingle_hash32)` fed the same shingles gives the same signature.
 
 Bands and rows come from datasketch's optimum for `threshold` and `num_perm`, weighted towards recall.
-Corpus-wide in steps: workers spill one row per document (its band keys, and its signature when
-`verify`); the aggregate step explodes the band keys and shuffles them into partitions by key (Ray
+Corpus-wide in steps: workers spill one row per document (its band keys, and what `verify` compares:
+its signature, or with `verify: exact` its set of shingle hashes); the aggregate step explodes the band keys and shuffles them into partitions by key (Ray
 tasks); each partition pairs every bucket's members (`bucket_pairs`: all pairs in buckets of up to
 2 * bucket_neighbours + 1, a bounded random window beyond), split by the shard of the pair's second
-end; with `verify`, two joins per shard (Ray tasks) bring both signatures of a pair together and pairs
-whose estimated Jaccard is under `threshold` are cut; connected components of the kept pairs
+end; with `verify`, two joins per shard (Ray tasks) bring both signatures (or shingle sets) of a pair
+together and pairs whose estimated (or exact) Jaccard is under `threshold` are cut; connected components of the kept pairs
 (`components.py`: large-star / small-star rounds over edge partitions, Ray tasks) are the clusters;
 the first document of a cluster in corpus order (its smallest node) is kept. Two last joins per shard
 bring the root's id to its members and write each shard's decisions.
@@ -40,7 +40,7 @@ import dataclasses
 import glob
 import os
 import shutil
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -230,15 +230,47 @@ def _read_edges(files: list[str], columns: list[str] | None = None) -> pa.Table:
     return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) if files else EDGE_SCHEMA.empty_table()
 
 
-def _signatures_of(keys_path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(nodes sorted, signatures in that order) of one shard's spilled rows."""
-    table = pq.read_table(keys_path, columns=["node", "signature"])
+def _verified_column_of(keys_path: str, column: str) -> tuple[np.ndarray, pa.Array]:
+    """(nodes sorted, the column compared by verification in that order) of one shard's spilled rows:
+    `signature` (fixed-size binary) or `shingles` (a list of shingle hashes)."""
+    table = pq.read_table(keys_path, columns=["node", column])
     node = table.column("node").to_numpy()
-    column = table.column("signature").combine_chunks()
-    width = column.type.byte_width // 4
-    sig = np.frombuffer(column.buffers()[1], dtype=np.uint32)[: len(column) * width].reshape(-1, width)
     order = np.argsort(node, kind="stable")
-    return node[order], sig[order]
+    return node[order], table.column(column).combine_chunks().take(pa.array(order))
+
+
+def shingle_sets(words: tr.Tokens, n: int) -> pa.ListArray:
+    """Each document's distinct shingle hashes, sorted (what exact verification compares)."""
+    hashes, docs = shingle_hashes(words, n)
+    order = np.lexsort((hashes, docs))
+    hashes, docs = hashes[order], docs[order]
+    first = np.concatenate([[True], (hashes[1:] != hashes[:-1]) | (docs[1:] != docs[:-1])]) if len(hashes) else \
+        np.zeros(0, bool)
+    hashes, docs = hashes[first], docs[first]
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(docs, minlength=words.n_docs))]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(hashes, pa.uint32()))
+
+
+def similarity(own: pa.Array, other: pa.Array) -> np.ndarray:
+    """Per pair: the share of equal minima of two signatures (fixed-size binary: the estimate of the
+    Jaccard index), or the exact Jaccard index of two shingle sets (lists of distinct hashes): the
+    intersection counted as equal neighbours after sorting the pairs' hashes together."""
+    if pa.types.is_fixed_size_binary(own.type):
+        width = own.type.byte_width // 4
+        a = np.frombuffer(own.buffers()[1], np.uint32)[own.offset * width:(own.offset + len(own)) * width]
+        b = np.frombuffer(other.buffers()[1], np.uint32)[other.offset * width:(other.offset + len(other)) * width]
+        return (a.reshape(-1, width) == b.reshape(-1, width)).mean(axis=1) if len(own) else np.zeros(0)
+    n = len(own)
+    la = pc.list_value_length(own).to_numpy(zero_copy_only=False).astype(np.int64)
+    lb = pc.list_value_length(other).to_numpy(zero_copy_only=False).astype(np.int64)
+    pair = np.concatenate([np.repeat(np.arange(n), la), np.repeat(np.arange(n), lb)])
+    value = np.concatenate([pc.list_flatten(own).to_numpy(), pc.list_flatten(other).to_numpy()])
+    order = np.lexsort((value, pair))
+    pair, value = pair[order], value[order]
+    same = (pair[1:] == pair[:-1]) & (value[1:] == value[:-1])
+    intersection = np.bincount(pair[1:][same], minlength=n)
+    union = la + lb - intersection
+    return np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
 
 
 def _partition_band_keys(args: tuple[str, str, int]) -> int:
@@ -317,48 +349,45 @@ def _bucket_edges(args: tuple[str, str, int, int, int, bool]) -> int:
     return len(src)
 
 
-def _attach_dst_signatures(args: tuple[int, str, str, str]) -> int:
+def _attach_dst_signatures(args: tuple[int, str, str, str, str]) -> int:
     """Verification, first half (a Ray task per shard): the edges ending in this shard get the
-    signature of their `dst`, and are written split by the shard of their `src`. Holds one shard."""
-    shard, keys_path, edges_dir, joined_dir = args
+    signature (or shingle set) of their `dst`, and are written split by the shard of their `src`.
+    Holds one shard's column."""
+    shard, keys_path, edges_dir, joined_dir, column = args
     files = sorted(glob.glob(os.path.join(_shard_dir(edges_dir, "dst", shard), "*.parquet")))
     if not files:
         return 0
     edges = _read_edges(files)
     src, dst = _unique_edges(edges.column("src").to_numpy(), edges.column("dst").to_numpy())
-    nodes, sig = _signatures_of(keys_path)
-    dst_sig = sig[np.searchsorted(nodes, dst)]
+    nodes, values = _verified_column_of(keys_path, column)
     src_shard = src >> ROW_BITS
     order = np.argsort(src_shard, kind="stable")
-    src, dst, dst_sig, src_shard = src[order], dst[order], dst_sig[order], src_shard[order]
-    width = 4 * sig.shape[1]
+    src, dst, src_shard = src[order], dst[order], src_shard[order]
+    dst_values = values.take(pa.array(np.searchsorted(nodes, dst)))
     for lo, hi in _runs(src_shard):
-        block = np.ascontiguousarray(dst_sig[lo:hi])
         writer = AtomicParquetWriter(
             os.path.join(_shard_dir(joined_dir, "src", int(src_shard[lo])), f"dst-{shard:06d}.parquet"))
-        writer.write(pa.table({"src": src[lo:hi], "dst": dst[lo:hi], "dst_signature": pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(width), hi - lo, [None, pa.py_buffer(block.tobytes())])}))
+        writer.write(pa.table({"src": src[lo:hi], "dst": dst[lo:hi], "dst_value": dst_values.slice(lo, hi - lo)}))
         writer.commit()
     return len(src)
 
 
-def _verify_src(args: tuple[int, str, str, float, str, int]) -> int:
-    """Verification, second half (a Ray task per shard): compare the signature of each edge's `src`
-    (in this shard) with the attached `dst` one; the edges whose estimated Jaccard reaches the threshold
-    are written as the connected-components input. Reads one (src shard, dst shard) file at a time."""
-    shard, keys_path, joined_dir, threshold, cc_dir, partitions = args
+def _verify_src(args: tuple[int, str, str, float, str, int, str]) -> int:
+    """Verification, second half (a Ray task per shard): compare the signature (or shingle set) of each
+    edge's `src` (in this shard) with the attached `dst` one; the edges whose Jaccard (estimated, or
+    exact) reaches the threshold are written as the connected-components input. Reads one (src shard,
+    dst shard) file at a time."""
+    shard, keys_path, joined_dir, threshold, cc_dir, partitions, column = args
     files = sorted(glob.glob(os.path.join(_shard_dir(joined_dir, "src", shard), "*.parquet")))
     if not files:
         return 0
-    nodes, sig = _signatures_of(keys_path)
+    nodes, values = _verified_column_of(keys_path, column)
     kept_src, kept_dst = [], []
     for path in files:
         table = pq.read_table(path)
         src, dst = table.column("src").to_numpy(), table.column("dst").to_numpy()
-        column = table.column("dst_signature").combine_chunks()
-        other = np.frombuffer(column.buffers()[1], dtype=np.uint32)[: len(column) * sig.shape[1]].reshape(-1, sig.shape[1])
-        estimate = (sig[np.searchsorted(nodes, src)] == other).mean(axis=1)
-        keep = estimate >= threshold
+        own = values.take(pa.array(np.searchsorted(nodes, src)))
+        keep = similarity(own, table.column("dst_value").combine_chunks()) >= threshold
         kept_src.append(src[keep])
         kept_dst.append(dst[keep])
     src, dst = np.concatenate(kept_src), np.concatenate(kept_dst)
@@ -427,11 +456,11 @@ def _index_as_keys(args: tuple[str, int, str]) -> int:
     indexed `root_id`: a new copy names the document the indexed run kept, which `_cluster_decisions`
     reads from the root's keys file."""
     index_path, shard, out_path = args
-    table = pq.read_table(index_path, columns=["root_id", "band_keys", "signature"])
+    table = pq.read_table(index_path)
     node = (np.int64(shard) << ROW_BITS) + np.arange(table.num_rows, dtype=np.int64)
     writer = AtomicParquetWriter(out_path)
     writer.write(pa.table({"node": node, "id": table.column("root_id"), "band_keys": table.column("band_keys"),
-                           "signature": table.column("signature")}))
+                           **{c: table.column(c) for c in ("signature", "shingles") if c in table.schema.names}}))
     writer.commit()
     return table.num_rows
 
@@ -442,7 +471,7 @@ def _index_part(args: tuple[int, str, str, str]) -> int:
     import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
 
     shard, keys_path, decisions_dir, out_path = args
-    keys = pq.read_table(keys_path, columns=["node", "id", "band_keys", "signature"])
+    keys = pq.read_table(keys_path)
     keys = keys.take(pa.array(np.argsort(keys.column("node").to_numpy(), kind="stable")))
     files = sorted(glob.glob(os.path.join(decisions_dir, f"s{shard:06d}", "*.parquet")))
     row = keys.column("node").to_numpy() & ((1 << ROW_BITS) - 1)
@@ -454,7 +483,7 @@ def _index_part(args: tuple[int, str, str, str]) -> int:
         root_id = pc.coalesce(decided.column("duplicate_of").combine_chunks().take(where), root_id)
     writer = AtomicParquetWriter(out_path)
     writer.write(pa.table({"id": keys.column("id"), "root_id": root_id, "band_keys": keys.column("band_keys"),
-                           "signature": keys.column("signature")}))
+                           **{c: keys.column(c) for c in ("signature", "shingles") if c in keys.schema.names}}))
     writer.commit()
     return keys.num_rows
 
@@ -494,7 +523,18 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         # verification then cuts the extra candidates by the signatures' estimated Jaccard.
         false_positive_weight: float = 0.2
         false_negative_weight: float = 0.8
-        verify: bool = True
+        # Candidate pairs are kept when their Jaccard reaches `threshold`: "signature" estimates it from
+        # the signatures (num_perm x 4 bytes spilled per document), "exact" computes it on the shingle
+        # sets (4 bytes per distinct shingle spilled per document), "none" keeps every candidate. The
+        # default and its measurement: bench/bench_dedup_verify.py (results/dedup_verify.json). Exact
+        # finds every exact-Jaccard cluster there (datatrove's planted set: recall 1.0 where the estimate
+        # gives 0.85, losing [0, 20, 50]; shared data: precision 1.0 against 0.978, one false pair of 45,
+        # recall 1.0 for both), but its spill grows with the text (738 bytes a document on the shared
+        # data, 0.95 of the text bytes, against 485 for a signature whatever the length) and building
+        # the sets adds 46% to the signatures' time. At 50 TB that is about as much spill as text, for
+        # pairs within one standard deviation of the estimate (0.033) of the threshold: the default
+        # stays "signature"; "exact" where those pairs matter or the documents are short.
+        verify: Literal["none", "signature", "exact"] = "signature"
         # Each member of an LSH bucket is paired with the next `bucket_neighbours` members in a random
         # order, cyclically: all pairs for buckets of up to 2n+1 members, n pairs per member beyond
         # (see `bucket_pairs`; measured in bench/bench_dedup_lsh.py).
@@ -506,6 +546,8 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         def __post_init__(self) -> None:
             if not 0 < self.threshold < 1 or self.num_perm < 2 or self.ngram < 1:
                 raise ValueError("need 0 < threshold < 1, num_perm >= 2, ngram >= 1")
+            if self.verify not in ("none", "signature", "exact"):
+                raise ValueError("verify must be 'none', 'signature' or 'exact' (false was 'none', true 'signature')")
             if not 1 <= self.bucket_neighbours <= 64:
                 raise ValueError("bucket_neighbours must be between 1 and 64 (pairs per bucket member)")
 
@@ -523,11 +565,13 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         c = self.config
         return {"shingles": "word_hash32 words folded by FNV (shingle_hash32); CJK characters as words",
                 "ngram": c.ngram, "num_perm": c.num_perm, "seed": c.seed, "bands": self.bands, "rows": self.rows,
-                "cjk_languages": list(c.cjk_languages)}
+                "cjk_languages": list(c.cjk_languages), "shingle_sets": c.verify == "exact"}
+
+    def words(self, text: pa.Array, langs: pa.Array | None) -> tr.Tokens:
+        return tr.words(text, tr.cjk_mask(langs, len(text), self.config.cjk_languages))
 
     def signatures(self, text: pa.Array, langs: pa.Array | None) -> np.ndarray:
-        words = tr.words(text, tr.cjk_mask(langs, len(text), self.config.cjk_languages))
-        return signatures(words, self.config.ngram, self._a, self._b)
+        return signatures(self.words(text, langs), self.config.ngram, self._a, self._b)
 
     def keys(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.Table | None:
         rows = np.flatnonzero(tr.to_numpy_bool(live_mask(batch)))
@@ -536,7 +580,8 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         take = pa.array(rows)
         text = pc.take(batch.column(TEXT), take)
         langs = pc.take(batch.column("lang"), take) if "lang" in batch.schema.names else None
-        signature = self.signatures(text, langs)
+        words = self.words(text, langs)
+        signature = signatures(words, self.config.ngram, self._a, self._b)
         has_words = (signature != np.iinfo(np.uint32).max).any(axis=1)  # empty documents take no part
         keys = band_keys(signature[has_words], self.bands, self.rows)
         node = (np.int64(position.shard_index) << ROW_BITS) + position.row_offset + rows[has_words]
@@ -546,10 +591,12 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
             "id": ids,
             "band_keys": pa.FixedSizeListArray.from_arrays(pa.array(keys.reshape(-1)), self.bands),
         }
-        if self.config.verify or self.config.index_write:  # read back only for candidate pairs (and the index)
+        if self.config.verify == "signature" or self.config.index_write:  # read back for candidates, the index
             width = 4 * self.config.num_perm
             columns["signature"] = pa.FixedSizeBinaryArray.from_buffers(
                 pa.binary(width), len(node), [None, pa.py_buffer(np.ascontiguousarray(signature[has_words]).tobytes())])
+        if self.config.verify == "exact":
+            columns["shingles"] = shingle_sets(words, self.config.ngram).take(pa.array(np.flatnonzero(has_words)))
         return pa.table(columns)
 
     def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
@@ -573,16 +620,18 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         shards = indexed_shards + shards
         steps.run("bands", [parts_dir], lambda: sum(ctx.map(_partition_band_keys, [
             (path, parts_dir, n) for _, path in shards])))
+        verify = c.verify != "none"
+        column = "shingles" if c.verify == "exact" else "signature"
         candidates = steps.run("buckets", [edges_dir, verified_dir], lambda: sum(ctx.map(_bucket_edges, [
-            (os.path.join(parts_dir, f"p{p:04d}"), edges_dir if c.verify else verified_dir, p, n,
-             c.bucket_neighbours, c.verify) for p in range(n)])))
+            (os.path.join(parts_dir, f"p{p:04d}"), edges_dir if verify else verified_dir, p, n,
+             c.bucket_neighbours, verify) for p in range(n)])))
         shutil.rmtree(parts_dir, ignore_errors=True)
-        if c.verify:
+        if verify:
             steps.run("attach", [joined_dir], lambda: sum(ctx.map(_attach_dst_signatures, [
-                (s, path, edges_dir, joined_dir) for s, path in shards])))
+                (s, path, edges_dir, joined_dir, column) for s, path in shards])))
             shutil.rmtree(edges_dir, ignore_errors=True)
             verified = steps.run("verify", [verified_dir], lambda: sum(ctx.map(_verify_src, [
-                (s, path, joined_dir, c.threshold, verified_dir, n) for s, path in shards])))
+                (s, path, joined_dir, c.threshold, verified_dir, n, column) for s, path in shards])))
             shutil.rmtree(joined_dir, ignore_errors=True)
         else:
             verified = candidates

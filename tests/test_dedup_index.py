@@ -14,7 +14,7 @@ from curation.config import pipeline_from_dict
 from test_dedup import all_rows, run
 from test_dedup_lineage import planted  # noqa: F401  (fixture: real documents with planted copies)
 
-STAGES = {"exact_dedup": {}, "paragraph_dedup": {}, "minhash_dedup": {}}
+STAGES = [("exact_dedup", {}), ("paragraph_dedup", {}), ("minhash_dedup", {}), ("minhash_dedup", {"verify": "exact"})]
 
 
 def halves(tmp_path: Path, folder: Path) -> tuple[Path, Path]:
@@ -36,14 +36,14 @@ def outcome(out: Path) -> tuple[dict[str, str], dict[str, tuple[str, str | None]
     return texts, dict(zip(rejected.column("id").to_pylist(), zip(rejected.column("drop_reason").to_pylist(), dup_of)))
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
-def test_second_half_against_first_half_index_equals_one_run(tmp_path, planted, stage):  # noqa: F811
+@pytest.mark.parametrize("stage,options", STAGES)
+def test_second_half_against_first_half_index_equals_one_run(tmp_path, planted, stage, options):  # noqa: F811
     folder, truth = planted
     first, second = halves(tmp_path, folder)
     index = tmp_path / "index" / stage
-    whole = run(folder, tmp_path / "whole", [{"name": stage, "partitions": 3}])
-    run(first, tmp_path / "a", [{"name": stage, "partitions": 3, "index_write": str(index)}])
-    stats = run(second, tmp_path / "b", [{"name": stage, "partitions": 2, "index_read": [str(index)]}])
+    run(folder, tmp_path / "whole", [{"name": stage, "partitions": 3, **options}])
+    run(first, tmp_path / "a", [{"name": stage, "partitions": 3, "index_write": str(index), **options}])
+    stats = run(second, tmp_path / "b", [{"name": stage, "partitions": 2, "index_read": [str(index)], **options}])
     kept_whole, rejected_whole = outcome(tmp_path / "whole")
     kept_a, rejected_a = outcome(tmp_path / "a")
     kept_b, rejected_b = outcome(tmp_path / "b")
@@ -104,8 +104,8 @@ def test_index_errors_name_the_file(tmp_path, planted):  # noqa: F811
     manifest = str(index / "index.json")
     with pytest.raises(ValueError, match="does not exist"):
         pipeline_from_dict(_config(tmp_path, {"name": "minhash_dedup", "index_read": [str(tmp_path / "nope")]}))
-    for option, value in (("ngram", 3), ("num_perm", 64), ("seed", 2), ("threshold", 0.6)):
-        with pytest.raises(ValueError, match=f"{manifest}.*other settings.*{'bands' if option == 'threshold' else option}"):
+    for option, value in (("ngram", 3), ("num_perm", 64), ("seed", 2), ("threshold", 0.6), ("verify", "exact")):
+        with pytest.raises(ValueError, match=f"{manifest}.*other settings.*{ {'threshold': 'bands', 'verify': 'shingle_sets'}.get(option, option)}"):
             pipeline_from_dict(_config(tmp_path, {"name": "minhash_dedup", option: value, "index_read": [str(index)]}))
     with pytest.raises(ValueError, match=f"{manifest} is an index of 'minhash_dedup'"):
         pipeline_from_dict(_config(tmp_path, {"name": "exact_dedup", "index_read": [str(index)]}))
