@@ -241,6 +241,5 @@ def test_encoding_in_pieces_equals_one_call(tokenizer_file, documents, monkeypat
         whole = encoder.encode(texts)
         for chunk in (1, 5_000):
             monkeypatch.setattr(encode_module, "ENCODE_CHUNK_CHARS", chunk)
-            monkeypatch.setattr(encode_module, "FAST_CHUNK_CHARS", chunk)
             assert first_difference(texts, encoder.encode(texts), whole) is None, (backend, chunk)
         monkeypatch.undo()

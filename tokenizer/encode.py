@@ -41,11 +41,12 @@ SEP_TOKEN, PAD_TOKEN = "<|sep|>", "<|pad|>"
 DTYPE_CHOICES = ("uint16", "uint32", "auto")
 BACKEND_CHOICES = ("auto", "tokenizers")  # auto: fastokens where it passes the parity check
 UINT16_LIMIT = 1 << 16
-# tokenizers keeps an Encoding per document (token strings, offsets, masks: about 100 bytes a token),
-# so a 4 MiB batch at once peaked at +110 MB; in 64K-character pieces +13 MB, and no slower on one
-# thread (measured on the shared text). fastokens returns 4 bytes a token and no objects.
+# Texts are encoded in pieces of about this many characters. tokenizers keeps an Encoding per document
+# (token strings, offsets, masks: about 100 bytes a token), so a 4 MiB batch at once peaked at +110 MB;
+# in 64K-character pieces +13 MB, and no slower on one thread (measured on the shared text). fastokens
+# returns 4 bytes a token and no objects; on one thread it is as fast in these pieces as in 1 MiB ones
+# (16.9x and 16.6x tokenizers' encode_batch, bench/results/tokenizer_encode.json).
 ENCODE_CHUNK_CHARS = 64_000
-FAST_CHUNK_CHARS = 1 << 20
 
 
 class EncodeError(ValueError):
@@ -93,7 +94,8 @@ class Encoder:
         self._fast = None
         self.fallback_reason: str | None = None
         if backend == "auto":
-            self._fast, self.fallback_reason = self._load_fastokens(sorted(c.content for c in added.values()))
+            specials = sorted({*(t.content for t in added.values()), separator, pad})
+            self._fast, self.fallback_reason = self._load_fastokens(specials)
             if self._fast is None:
                 log.warning("%s: encoding with HF tokenizers, not fastokens: %s", path, self.fallback_reason)
         else:
@@ -109,9 +111,9 @@ class Encoder:
 
     # --- the two backends ------------------------------------------------------------------------
 
-    def _load_fastokens(self, added: list[str]):
+    def _load_fastokens(self, specials: list[str]):
         """(fastokens tokenizer, None) when it loads this file and gives tokenizers' ids on the parity
-        sample, else (None, why not)."""
+        sample (with the added and special tokens' text), else (None, why not)."""
         try:
             import fastokens
         except ImportError as exc:
@@ -129,7 +131,7 @@ class Encoder:
             size = fast.vocab_size
             if size != self.vocab_size:
                 return None, f"fastokens counts {size} ids in the vocabulary, tokenizers {self.vocab_size}"
-            texts = parity_sample.documents(sorted({*added, *self.special_tokens, SEP_TOKEN, PAD_TOKEN}))
+            texts = parity_sample.documents(specials)
             ours = self._fast_chunk(fast, texts)
         except Exception as exc:
             return None, f"fastokens failed on the parity sample: {type(exc).__name__}: {exc}"
@@ -158,11 +160,11 @@ class Encoder:
     def encode(self, texts: pa.Array | list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(values, offsets) of the documents' token ids; no special tokens are added, and special
         tokens' text in a document is encoded as text. Encoded in pieces of about ENCODE_CHUNK_CHARS
-        characters (FAST_CHUNK_CHARS with fastokens) to bound memory."""
+        characters, to bound memory."""
         if isinstance(texts, (pa.Array, pa.ChunkedArray)):
             texts = texts.to_pylist()
         texts = ["" if t is None else t for t in texts]
-        limit = FAST_CHUNK_CHARS if self._fast is not None else ENCODE_CHUNK_CHARS
+        limit = ENCODE_CHUNK_CHARS
         lengths_parts, value_parts = [], []
         start = 0
         while start < len(texts):
