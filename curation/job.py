@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from curation.config import PipelineConfig, pipeline_from_dict, read_yaml, with_overrides
@@ -135,13 +136,17 @@ def _evaluate_tokenizer(tokenizer: Path, kept: Path, max_bytes: int) -> dict[str
                 texts.setdefault(group, []).append(text)
                 used[group] += size
     encoder = Encoder(tokenizer, "auto")
+    report["vocabulary_used_on_training_text"] = report.pop("vocabulary_used_on_held_out", None)
+    ids = []
     for group, chunk in texts.items():
-        ours, _ = bytes_per_token(encoder, chunk)
+        ours, used_ids = bytes_per_token(encoder, chunk)
+        ids.append(used_ids)
         row = {"docs": len(chunk), "bytes": used[group], "bytes_per_token": round(ours, 4)}
         if group in pool:
             row["training_text_docs"] = pool[group]["docs"]
             row["training_text_bytes_per_token"] = pool[group]["bytes_per_token"]
         report["groups"][group] = row
+    report["vocabulary_used_on_held_out"] = round(len(np.unique(np.concatenate(ids))) / encoder.tokenizer.get_vocab_size(), 4) if ids else 0.0
     return report
 
 

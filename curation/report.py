@@ -165,21 +165,23 @@ def _perplexity(columns: dict[str, np.ndarray], meta: dict, parts: dict[str, str
             continue
         from_gold = rows & np.isin(part, [p for p, l in parts.items() if l == language])
         others, golden = np.log10(ppl[rows & ~from_gold]), np.log10(ppl[from_gold])
-        bins = np.histogram_bin_edges(np.log10(ppl[rows]), bins=60)
-        fig, ax = plt.subplots(figsize=(7, 2.8))
-        ax.hist(others, bins=bins, color="#8172b2", label=f"other sources ({count_text(len(others))})")
-        if len(golden):
-            ax.hist(golden, bins=bins, histtype="step", linewidth=1.5, color="#ff7f0e",
-                    label=f"gold sources, trained the model ({count_text(len(golden))})")
-        ax.set_xlabel("log10 perplexity")
-        ax.set_ylabel("documents")
-        _axis(ax, "count", "y")
-        ax.set_title(f"perplexity, {language} ({count_text(int(rows.sum()))} documents scored)")
+        # side by side, each on its own range: the model has all but memorised its training documents
+        # (English gold at log10 ppl about 0.8, web about 2.5-3.5), so one axis squashes the web
+        fig, axes = plt.subplots(1, 2 if len(golden) else 1, figsize=(11 if len(golden) else 7, 2.8), squeeze=False)
         entry = meta.get(language)
-        if entry:
-            for name, color in (("head", "#2ca02c"), ("middle", "#d62728")):
-                ax.axvline(np.log10(entry["cutoffs"]["ppl"][name]), color=color, linestyle="--", label=f"{name} cut-off")
-        ax.legend(fontsize=7, loc="upper right")
+        for ax, values, title, color in ((axes[0][0], others, "other sources", "#8172b2"),
+                                         *(((axes[0][1], golden, "gold sources: trained the model, or held out for"
+                                            " its cut-offs", "#ff7f0e"),) if len(golden) else ())):
+            ax.hist(values, bins=60, color=color)
+            ax.set_xlabel("log10 perplexity")
+            ax.set_ylabel("documents")
+            _axis(ax, "count", "y")
+            ax.set_title(f"{language}, {title} ({count_text(len(values))} documents)", fontsize=8)
+            if entry:
+                for name, line in (("head", "#2ca02c"), ("middle", "#d62728")):
+                    ax.axvline(np.log10(entry["cutoffs"]["ppl"][name]), color=line, linestyle="--", label=f"{name} cut-off")
+                ax.legend(fontsize=7, loc="upper right")
+        fig.suptitle(f"perplexity, {language} ({count_text(int(rows.sum()))} documents scored)", y=1.02)
         plots.append(_svg(fig))
     return plots
 
@@ -265,8 +267,8 @@ def _tokenizer_section(evaluation: dict) -> list[str]:
             f"Held out of the tokenizer's training sample by a hash of the document id ({held['id_column']}): "
             f"{held['fraction']:.0%} of the curated documents, {count_text(held['docs'])} documents "
             f"({bytes_text(held['bytes'])}); at most {bytes_text(held['max_bytes_per_group'])} per group measured. "
-            "None of them was in the sample. On the text the sample was drawn from, the same measure is higher: "
-            "that is the in-sample number, shown for comparison.") + "</p>")
+            "None of them was in the sample. The table adds the same measure on the text the sample was drawn "
+            "from (in-sample), which flatters a tokenizer.") + "</p>")
         rows = [[g, count_text(r["docs"]), bytes_text(r["bytes"]), f"{r['bytes_per_token']:.3f}",
                  f"{r['training_text_bytes_per_token']:.3f}" if "training_text_bytes_per_token" in r else "-"]
                 for g, r in groups.items()]
