@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 LIBRARY = "libcuration_rules.so"
-_I64, _I32, _U8 = (np.ctypeslib.ndpointer(t, flags="C_CONTIGUOUS") for t in (np.int64, np.int32, np.uint8))
+_I64, _I32, _U8, _U16 = (np.ctypeslib.ndpointer(t, flags="C_CONTIGUOUS") for t in (np.int64, np.int32, np.uint8, np.uint16))
+_STRINGS = [_U8, _I64, ctypes.c_int64]  # a list of strings: concatenated UTF-8, offsets, count
 
 
 def library_path() -> Path:
@@ -35,6 +36,13 @@ def library() -> ctypes.CDLL | None:
     lib.tr_repetition.restype = ctypes.c_int64
     lib.tr_repetition.argtypes = [ctypes.c_void_p, _I64, ctypes.c_int64, _U8, _U8, _I32, ctypes.c_int64, ctypes.c_int32,
                                   ctypes.c_int32, _I64, _I64, _I64]
+    lib.tr_quality.restype = ctypes.c_int64
+    lib.tr_quality.argtypes = [ctypes.c_void_p, _I64, ctypes.c_int64, _U8, _U16] + _STRINGS * 5 + [_I64]
+    lib.tr_fineweb.restype = ctypes.c_int64
+    lib.tr_fineweb.argtypes = [ctypes.c_void_p, _I64, ctypes.c_int64, _U8, _U16] + _STRINGS + [ctypes.c_int64] * 2 + [_I64]
+    lib.tr_c4.restype = ctypes.c_int64
+    lib.tr_c4.argtypes = ([ctypes.c_void_p, _I64, ctypes.c_int64, _U8, _U16, _U8] + _STRINGS * 4 + [_U8, _I64]
+                          + [ctypes.c_int64] * 10 + [_I64, _I64, ctypes.c_void_p, _I64])
     return lib
 
 
@@ -60,3 +68,48 @@ def repetition(lib: ctypes.CDLL, text: pa.Array, cjk: np.ndarray, flags: np.ndar
     lib.tr_repetition(data.address, offsets, n, np.ascontiguousarray(cjk, np.uint8), flags,
                       np.asarray(sizes, np.int32), len(sizes), cjk_scale, top_mode, spans, top, dup)
     return spans, top, dup
+
+
+def strings(values) -> tuple[np.ndarray, np.ndarray, int]:
+    """A list of strings as the kernels take it: (UTF-8 bytes, int64 offsets, count)."""
+    encoded = [v.encode() for v in values]
+    offsets = np.concatenate([[0], np.cumsum([len(e) for e in encoded], dtype=np.int64)]).astype(np.int64)
+    return np.frombuffer(b"".join(encoded) + b"\0", np.uint8), offsets, len(encoded)
+
+
+def quality(lib: ctypes.CDLL, text: pa.Array, cjk: np.ndarray, classes: np.ndarray, stop_words, stop_words_cjk,
+            bullets, ellipses, symbols) -> np.ndarray:
+    """gopher_quality's counts [docs, 8] (see tr_quality in text_rules.cc)."""
+    data, offsets = buffers(text)
+    n = len(offsets) - 1
+    out = np.zeros((n, 8), np.int64)
+    lib.tr_quality(data.address, offsets, n, np.ascontiguousarray(cjk, np.uint8), classes, *strings(stop_words),
+                   *strings(stop_words_cjk), *strings(bullets), *strings(ellipses), *strings(symbols), out)
+    return out
+
+
+def fineweb(lib: ctypes.CDLL, text: pa.Array, cjk: np.ndarray, classes: np.ndarray, terminal, short_length: int,
+            short_length_cjk: int) -> np.ndarray:
+    """fineweb's counts [docs, 7] (see tr_fineweb in text_rules.cc)."""
+    data, offsets = buffers(text)
+    n = len(offsets) - 1
+    out = np.zeros((n, 7), np.int64)
+    lib.tr_fineweb(data.address, offsets, n, np.ascontiguousarray(cjk, np.uint8), classes, *strings(terminal),
+                   short_length, short_length_cjk, out)
+    return out
+
+
+def c4(lib: ctypes.CDLL, text: pa.Array, cjk: np.ndarray, classes: np.ndarray, lower_ascii: np.ndarray, terminal,
+       policy, titles, abbreviations, phrases, options: list[int]) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """c4's (removed lines per document and reason [docs, 6], document reason codes, new text) (see tr_c4)."""
+    data, offsets = buffers(text)
+    n = len(offsets) - 1
+    lines, reasons = np.zeros((n, 6), np.int64), np.zeros(n, np.int64)
+    size = int(offsets[-1] - offsets[0]) if n else 0
+    out = np.empty(size + 1, np.uint8)  # the new text is never longer than the old
+    out_offsets = np.zeros(n + 1, np.int64)
+    lib.tr_c4(data.address, offsets, n, np.ascontiguousarray(cjk, np.uint8), classes, lower_ascii,
+              *strings(terminal), *strings(policy), *strings(titles), *strings(abbreviations), *strings(phrases)[:2],
+              *options, lines, reasons, out.ctypes.data, out_offsets)
+    new = pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(out_offsets), pa.py_buffer(out[:out_offsets[-1]])])
+    return lines, reasons, new

@@ -50,20 +50,15 @@ class FineWeb(RuleStage):
     def check(self, batch: pa.RecordBatch, selected: tr.Selected) -> pa.RecordBatch:
         c = self.config
         rows, text, cjk = selected.rows, selected.text, selected.cjk
-        newlines = pc.count_substring(text, "\n").to_numpy(zero_copy_only=False).astype(np.int64)
+        counts = tr.fineweb_counts(text, cjk, c.terminal_punctuation, c.short_line_length, c.short_line_length_cjk)
+        newlines = counts.newlines
         # The reference divides by the characters other than newlines (len(text.replace("\n", ""))).
-        n_chars = np.maximum(pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64) - newlines, 1)
-
-        doc_lines = tr.non_blank(tr.lines(text))
-        n_lines = doc_lines.counts
-        lengths = doc_lines.lengths()
-        punct = doc_lines.per_doc_count(tr.ends_with_any(doc_lines.values, c.terminal_punctuation))
-        punct_ratio = tr.safe_ratio(punct, n_lines)
-        short_limit = np.where(cjk, c.short_line_length_cjk, c.short_line_length)[doc_lines.parent]
-        short_ratio = tr.safe_ratio(doc_lines.per_doc_count(lengths <= short_limit), n_lines)
-        duplicate = tr.duplicate_elements(doc_lines)
-        dup_chars = doc_lines.per_doc_sum(np.where(duplicate, lengths, 0))
-        words = np.where(cjk, tr.words(text, cjk).counts, tr.treebank_word_counts(text))
+        n_chars = np.maximum(counts.chars - newlines, 1)
+        n_lines = counts.lines
+        punct_ratio = tr.safe_ratio(counts.punct_lines, n_lines)
+        short_ratio = tr.safe_ratio(counts.short_lines, n_lines)
+        dup_chars = counts.dup_chars
+        words = counts.words
 
         never = np.zeros(len(rows), dtype=bool)
         low_punct = never

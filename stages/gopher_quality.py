@@ -21,7 +21,7 @@ STOP_WORDS_EN = ("the", "be", "to", "of", "and", "that", "have", "with")
 # The most frequent function characters of Chinese and Japanese text.
 STOP_WORDS_CJK = ("的", "了", "是", "在", "和", "有", "不", "这", "也", "就", "都", "而", "及", "与",
                   "の", "に", "は", "を", "た", "が", "で", "て", "と", "し")
-BULLETS = ("●", "•", "*", "-", "–", "‣", "◦", "▪", "·")
+BULLETS = tr.BULLETS
 
 
 @register_stage("gopher_quality")
@@ -46,23 +46,15 @@ class GopherQuality(RuleStage):
         c = self.config
         rows, text, cjk = selected.rows, selected.text, selected.cjk
 
-        words = tr.words(text, cjk)
-        n_words = words.counts
-        lengths = words.lengths()
-        mean_length = tr.safe_ratio(words.per_doc_sum(lengths), n_words)
-        symbols = sum(pc.count_substring(text, s).to_numpy() for s in ("#",) + tr.ELLIPSIS).astype(np.int64)
-        doc_lines = tr.lines(text)
-        stripped = pc.utf8_trim_whitespace(doc_lines.values)
-        non_empty = pc.greater(pc.utf8_length(stripped), 0).to_numpy(zero_copy_only=False)
-        n_lines = np.maximum(doc_lines.per_doc_count(non_empty), 1)
-        bullet_lines = doc_lines.per_doc_count(tr.starts_with_any(stripped, BULLETS))
-        ellipsis_lines = doc_lines.per_doc_count(tr.ends_with_any(stripped, tr.ELLIPSIS))
-        has_letter = tr.to_numpy_bool(pc.match_substring_regex(words.values, r"\pL"))
-        alpha_words = words.per_doc_count(has_letter)
+        # Counted in one compiled pass over the text where the kernels are built (text_rules.quality_counts).
+        counts = tr.quality_counts(text, cjk, c.stop_words, c.stop_words_cjk)
+        n_words = counts.words
+        mean_length = tr.safe_ratio(counts.word_chars, n_words)
+        symbols = counts.symbols
+        n_lines = np.maximum(counts.lines, 1)
+        bullet_lines, ellipsis_lines, alpha_words = counts.bullet_lines, counts.ellipsis_lines, counts.alpha_words
         # Case-sensitive, as the rule is usually implemented: shouting text ("THE", "AND") has no stop words.
-        stop_en = tr.to_numpy_bool(pc.is_in(words.values, value_set=pa.array(list(c.stop_words), pa.string())))
-        stop_cjk = tr.to_numpy_bool(pc.is_in(words.values, value_set=pa.array(list(c.stop_words_cjk), pa.string())))
-        stop_words = np.where(cjk, words.per_doc_count(stop_cjk), words.per_doc_count(stop_en))
+        stop_words = counts.stop_words
 
         never = np.zeros(len(rows), dtype=bool)
         checks = [

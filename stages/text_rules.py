@@ -238,7 +238,8 @@ ABBREVIATIONS = ("etc", "vs", "cf", "al", "approx", "ca", "fl", "no", "nos", "vo
                  "para", "min", "hr", "hrs", "oz", "lb", "lbs", "pl", "sing", "lit", "orig", "resp", "var")
 _OPENERS = r"(\[\"'“‘"  # opening brackets and quotes, as a regular-expression class body
 SENTENCE_END_LATIN = r"[.!?]+['\"”)]*$"  # a whitespace token that ends a sentence, unless it is an abbreviation
-SENTENCE_END_CJK = r"[。！？]+[”」』）]*"  # CJK sentence ends need no space after them
+CJK_ENDS, CJK_CLOSERS = "[。！？]", "[”」』）]"  # CJK sentence ends, and closing quotes after them
+SENTENCE_END_CJK = CJK_ENDS + "+" + CJK_CLOSERS + "*"  # CJK sentence ends need no space after them
 
 
 def sentence_counts(text: pa.Array) -> np.ndarray:
@@ -290,19 +291,75 @@ def treebank_word_counts(text: pa.Array) -> np.ndarray:
 # --- the Gopher repetition measures, compiled or in numpy -----------------------------------------
 
 SPACE, CJK, LETTER = 1, 2, 4
+# The further classes the document-rule kernels read (tr_quality, tr_fineweb, tr_c4 in text_rules.cc).
+TRIM, WORD, RE_SPACE, LOWER_NUM, OPENER, CJK_END, CJK_CLOSE, LOWER_LETTER = (8 << k for k in range(8))
+
+
+@functools.cache
+def _code_points() -> tuple[np.ndarray, pa.Array]:
+    """Every code point but the surrogates, as numbers and as one-character strings."""
+    points = np.concatenate([np.arange(0, 0xD800), np.arange(0xE000, 0x110000)]).astype(np.uint32)
+    return points, pa.array(np.frombuffer(points.astype("<u4").tobytes(), dtype="<U1"), pa.string())
+
+
+@functools.cache
+def unicode_classes() -> np.ndarray:
+    """The classes of every code point (uint16), from the Arrow functions and expressions the numpy path
+    uses, so that the kernels and the numpy path agree by construction: SPACE as utf8_split_whitespace
+    splits, CJK, LETTER (\\pL), TRIM (what utf8_trim_whitespace removes), WORD and RE_SPACE (TREEBANK_TOKEN's
+    [\\pL\\pN_] and \\s), LOWER_NUM and OPENER (sentence_counts' next-word test), CJK_END and CJK_CLOSE,
+    LOWER_LETTER (\\pL after utf8_lower)."""
+    points, chars = _code_points()
+    classes = np.zeros(0x110000, np.uint16)
+
+    def mark(bit: int, values: pa.Array) -> None:
+        classes[points[to_numpy_bool(values)]] |= bit
+
+    def regex(pattern: str, values: pa.Array = chars) -> pa.Array:
+        return pc.match_substring_regex(values, pattern)
+
+    mark(SPACE, pc.utf8_is_space(chars))
+    mark(CJK, regex(CJK_CHAR))
+    mark(LETTER, regex(r"\pL"))
+    mark(TRIM, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(chars)), 0))
+    mark(WORD, regex(r"[\pL\pN_]"))
+    mark(RE_SPACE, regex(r"\s"))
+    mark(LOWER_NUM, regex(r"[\p{Ll}\pN]"))
+    mark(OPENER, regex("[" + _OPENERS + "]"))
+    mark(CJK_END, regex(CJK_ENDS))
+    mark(CJK_CLOSE, regex(CJK_CLOSERS))
+    mark(LOWER_LETTER, regex(r"\pL", pc.utf8_lower(chars)))
+    classes[0] = 0  # numpy reads code point 0 as an empty string; it is in no class
+    return classes
 
 
 @functools.cache
 def unicode_flags() -> np.ndarray:
-    """SPACE | CJK | LETTER per code point, from the Arrow functions and expressions the numpy path uses."""
-    points = np.concatenate([np.arange(0, 0xD800), np.arange(0xE000, 0x110000)]).astype(np.uint32)
-    chars = pa.array(np.frombuffer(points.astype("<u4").tobytes(), dtype="<U1"), pa.string())
-    flags = np.zeros(0x110000, np.uint8)
-    flags[points[to_numpy_bool(pc.utf8_is_space(chars))]] |= SPACE
-    flags[points[to_numpy_bool(pc.match_substring_regex(chars, CJK_CHAR))]] |= CJK
-    flags[points[to_numpy_bool(pc.match_substring_regex(chars, r"\pL"))]] |= LETTER
-    flags[0] = 0  # numpy reads code point 0 as an empty string; it is neither space nor letter
-    return flags
+    """SPACE | CJK | LETTER per code point (uint8), for tr_repetition."""
+    return (unicode_classes() & (SPACE | CJK | LETTER)).astype(np.uint8)
+
+
+@functools.cache
+def lower_ascii() -> np.ndarray:
+    """Per code point, the ASCII byte utf8_lower makes of it, or 0 where its lower case is not ASCII
+    (the c4 kernel looks for ASCII phrases in lower-cased lines; "K", the Kelvin sign, lower-cases to "k")."""
+    points, chars = _code_points()
+    lowered = pc.utf8_lower(chars)
+    ascii_ = to_numpy_bool(pc.equal(pc.binary_length(lowered), 1))
+    first = np.frombuffer(lowered.buffers()[2], np.uint8)[np.frombuffer(lowered.buffers()[1], np.int32)[:-1]
+                                                          [:len(points)][ascii_]]
+    table = np.zeros(0x110000, np.uint8)
+    table[points[ascii_]] = first
+    table[0] = 0
+    return table
+
+
+def native_library(native: bool | None):
+    """The compiled kernels where wanted (`native` None: wherever built; False: never; True: must be)."""
+    lib = rules_native.library() if native is not False else None
+    if native and lib is None:
+        raise FileNotFoundError(f"{rules_native.library_path()} is not built: run scripts/build_kenlm.sh")
+    return lib
 
 
 @dataclass
@@ -326,9 +383,7 @@ def repetition_stats(text: pa.Array, cjk: np.ndarray, sizes: list[int], cjk_scal
     """Gopher's repetition measures of every document, for the n-grams of `sizes` (n times `cjk_scale`
     in CJK documents, whose words are characters). Compiled where the library is built (`native` None:
     wherever it is; False: numpy), with the same numbers either way."""
-    lib = rules_native.library() if native is not False else None
-    if native and lib is None:
-        raise FileNotFoundError(f"{rules_native.library_path()} is not built: run scripts/build_kenlm.sh")
+    lib = native_library(native)
     if lib is not None:
         spans, top, dup = rules_native.repetition(lib, text, cjk, unicode_flags(), list(sizes), cjk_scale, top_mode=1)
         return RepetitionStats(*spans.T, {n: top[:, k] for k, n in enumerate(sizes)},
@@ -352,6 +407,89 @@ def repetition_stats(text: pa.Array, cjk: np.ndarray, sizes: list[int], cjk_scal
 
     return RepetitionStats(n_chars, *counts, {n: pick(n, "top_chars") for n in sizes},
                            {n: pick(n, "duplicate_chars") for n in sizes})
+
+
+# --- gopher_quality's and fineweb's counts, compiled or in numpy ------------------------------------
+
+BULLETS = ("●", "•", "*", "-", "–", "‣", "◦", "▪", "·")
+SYMBOLS = ("#",) + ELLIPSIS
+
+
+@dataclass
+class QualityCounts:
+    """Per document, for gopher_quality: whitespace words (CJK characters in CJK documents), their
+    characters, symbols (# and ellipses), non-empty lines, lines starting with a bullet and ending with an
+    ellipsis (trimmed), words holding a letter, stop words (of `stop_words_cjk` in CJK documents)."""
+
+    words: np.ndarray
+    word_chars: np.ndarray
+    symbols: np.ndarray
+    lines: np.ndarray
+    bullet_lines: np.ndarray
+    ellipsis_lines: np.ndarray
+    alpha_words: np.ndarray
+    stop_words: np.ndarray
+
+
+def quality_counts(text: pa.Array, cjk: np.ndarray, stop_words: tuple[str, ...], stop_words_cjk: tuple[str, ...],
+                   native: bool | None = None) -> QualityCounts:
+    """gopher_quality's counts of every document; compiled where built (`native` as in `repetition_stats`),
+    with the same numbers either way. Null texts go the numpy way (the kernel reads them as "")."""
+    lib = native_library(native)
+    if lib is not None and text.null_count == 0:
+        counts = rules_native.quality(lib, text, cjk, unicode_classes(), stop_words, stop_words_cjk, BULLETS,
+                                      ELLIPSIS, SYMBOLS)
+        return QualityCounts(*counts.T)
+    doc_words = words(text, cjk)
+    symbols = sum(pc.count_substring(text, s).to_numpy() for s in SYMBOLS).astype(np.int64)
+    doc_lines = lines(text)
+    stripped = pc.utf8_trim_whitespace(doc_lines.values)
+    non_empty = pc.greater(pc.utf8_length(stripped), 0).to_numpy(zero_copy_only=False)
+    has_letter = to_numpy_bool(pc.match_substring_regex(doc_words.values, r"\pL"))
+    stop_en = to_numpy_bool(pc.is_in(doc_words.values, value_set=pa.array(list(stop_words), pa.string())))
+    stop_cjk = to_numpy_bool(pc.is_in(doc_words.values, value_set=pa.array(list(stop_words_cjk), pa.string())))
+    return QualityCounts(doc_words.counts, doc_words.per_doc_sum(doc_words.lengths()).astype(np.int64), symbols,
+                         doc_lines.per_doc_count(non_empty),
+                         doc_lines.per_doc_count(starts_with_any(stripped, BULLETS)),
+                         doc_lines.per_doc_count(ends_with_any(stripped, ELLIPSIS)),
+                         doc_words.per_doc_count(has_letter),
+                         np.where(cjk, doc_words.per_doc_count(stop_cjk), doc_words.per_doc_count(stop_en)))
+
+
+@dataclass
+class FineWebCounts:
+    """Per document, for fineweb: newlines, characters, non-blank lines, those ending in terminal
+    punctuation, short ones, characters of duplicated non-blank lines (first copies not counted), words
+    (Treebank-like, or characters in CJK documents)."""
+
+    newlines: np.ndarray
+    chars: np.ndarray
+    lines: np.ndarray
+    punct_lines: np.ndarray
+    short_lines: np.ndarray
+    dup_chars: np.ndarray
+    words: np.ndarray
+
+
+def fineweb_counts(text: pa.Array, cjk: np.ndarray, terminal_punctuation: tuple[str, ...], short_line_length: int,
+                   short_line_length_cjk: int, native: bool | None = None) -> FineWebCounts:
+    """fineweb's counts of every document; compiled where built, with the same numbers either way."""
+    lib = native_library(native)
+    if lib is not None and text.null_count == 0:
+        counts = rules_native.fineweb(lib, text, cjk, unicode_classes(), terminal_punctuation, short_line_length,
+                                      short_line_length_cjk)
+        return FineWebCounts(*counts.T)
+    newlines = pc.count_substring(text, "\n").to_numpy(zero_copy_only=False).astype(np.int64)
+    chars = pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+    doc_lines = non_blank(lines(text))
+    lengths = doc_lines.lengths()
+    short_limit = np.where(cjk, short_line_length_cjk, short_line_length)[doc_lines.parent]
+    duplicate = duplicate_elements(doc_lines)
+    return FineWebCounts(newlines, chars, doc_lines.counts,
+                         doc_lines.per_doc_count(ends_with_any(doc_lines.values, terminal_punctuation)),
+                         doc_lines.per_doc_count(lengths <= short_limit),
+                         doc_lines.per_doc_sum(np.where(duplicate, lengths, 0)).astype(np.int64),
+                         np.where(cjk, words(text, cjk).counts, treebank_word_counts(text)))
 
 
 # --- wiring rules to a batch ---------------------------------------------------------------------

@@ -137,9 +137,537 @@ struct SpanCounter {
   }
 };
 
+// --- the document rules (gopher_quality, fineweb, c4) -----------------------------------------------
+//
+// `cls` (uint16 per code point) carries the classes below, each computed in Python from the Arrow function
+// or regular-expression class the numpy path uses (text_rules.unicode_classes); `lower_ascii` is the
+// ASCII byte utf8_lower gives a code point, or 0 where its lower case is not ASCII.
+
+constexpr uint16_t TRIM = 8,         // removed by utf8_trim_whitespace
+    WORD = 16,                       // [\pL\pN_]
+    RE_SPACE = 32,                   // \s (RE2: ASCII white space only)
+    LOWER_NUM = 64,                  // [\p{Ll}\pN]
+    OPENER = 128,                    // text_rules._OPENERS
+    CJK_END = 256,                   // [。！？]
+    CJK_CLOSE = 512,                 // [”」』）]
+    LOWER_LETTER = 1024;             // \pL after utf8_lower
+
+// A list of strings from Python: concatenated bytes and offsets.
+struct Strings {
+  const uint8_t* data;
+  const int64_t* off;
+  int64_t n;
+
+  bool ends(const uint8_t* s, int64_t b, int64_t e) const {
+    for (int64_t k = 0; k < n; ++k) {
+      int64_t len = off[k + 1] - off[k];
+      if (len <= e - b && std::memcmp(s + e - len, data + off[k], static_cast<size_t>(len)) == 0) return true;
+    }
+    return false;
+  }
+  bool starts(const uint8_t* s, int64_t b, int64_t e) const {
+    for (int64_t k = 0; k < n; ++k) {
+      int64_t len = off[k + 1] - off[k];
+      if (len <= e - b && std::memcmp(s + b, data + off[k], static_cast<size_t>(len)) == 0) return true;
+    }
+    return false;
+  }
+  bool equals(const uint8_t* s, int64_t b, int64_t e) const {
+    for (int64_t k = 0; k < n; ++k) {
+      int64_t len = off[k + 1] - off[k];
+      if (len == e - b && std::memcmp(s + b, data + off[k], static_cast<size_t>(len)) == 0) return true;
+    }
+    return false;
+  }
+};
+
+// Non-overlapping occurrences, as pc.count_substring counts them.
+inline int64_t count_substring(const uint8_t* s, int64_t b, int64_t e, const uint8_t* p, int64_t m) {
+  if (m == 0) return 0;
+  int64_t n = 0;
+  for (int64_t i = b; i + m <= e;) {
+    if (s[i] == p[0] && std::memcmp(s + i, p, static_cast<size_t>(m)) == 0) {
+      ++n;
+      i += m;
+    } else {
+      ++i;
+    }
+  }
+  return n;
+}
+
+inline bool contains(const uint8_t* s, int64_t b, int64_t e, const char* p) {
+  return count_substring(s, b, e, reinterpret_cast<const uint8_t*>(p), static_cast<int64_t>(std::strlen(p))) > 0;
+}
+
+// The start of the code point that ends at `end` (end > begin).
+inline int64_t previous(const uint8_t* s, int64_t begin, int64_t end) {
+  int64_t i = end - 1;
+  while (i > begin && (s[i] & 0xC0) == 0x80) --i;
+  return i;
+}
+
+// [b, e) without the code points of class `what` at either end.
+inline void trim(const uint8_t* s, int64_t& b, int64_t& e, const uint16_t* cls, uint16_t what) {
+  while (b < e) {
+    int64_t i = b;
+    if (!(cls[decode(s, i, e)] & what)) break;
+    b = i;
+  }
+  while (e > b) {
+    int64_t i = previous(s, b, e), j = i;
+    if (!(cls[decode(s, j, e)] & what)) break;
+    e = i;
+  }
+}
+
+// Words of s[b, e) as text_rules.words: runs of code points other than white space; in CJK text each
+// CJK code point is a word. Calls f(begin, end, characters) per word.
+template <class F>
+inline void for_words(const uint8_t* s, int64_t b, int64_t e, bool cjk, const uint16_t* cls, F&& f) {
+  int64_t word_begin = -1, chars = 0;
+  for (int64_t i = b; i < e;) {
+    int64_t at = i;
+    uint16_t c = cls[decode(s, i, e)];
+    bool space = c & SPACE, single = cjk && (c & CJK);
+    if ((space || single) && word_begin >= 0) {
+      f(word_begin, at, chars);
+      word_begin = -1;
+      chars = 0;
+    }
+    if (single) {
+      f(at, i, int64_t{1});
+    } else if (!space) {
+      if (word_begin < 0) word_begin = at;
+      ++chars;
+    }
+  }
+  if (word_begin >= 0) f(word_begin, e, chars);
+}
+
+inline bool has_class(const uint8_t* s, int64_t b, int64_t e, const uint16_t* cls, uint16_t what) {
+  for (int64_t i = b; i < e;) {
+    if (cls[decode(s, i, e)] & what) return true;
+  }
+  return false;
+}
+
+// Tokens of text_rules.TREEBANK_TOKEN in s[b, e), counted as pc.count_substring_regex counts them
+// (leftmost-first, non-overlapping):
+//   [\pL\pN_]+(?:[-.,/][\pL\pN_]+)* | ['’][\pL]+ | \.{2,} | -{2,} | [^\s\pL\pN_]
+// Every code point outside \s starts a match, so the count is a scan that skips \s.
+inline int64_t treebank_tokens(const uint8_t* s, int64_t b, int64_t e, const uint16_t* cls) {
+  int64_t n = 0;
+  auto peek = [&](int64_t i, int64_t& next) -> uint32_t {  // code point at i (i < e) and where the next starts
+    next = i;
+    return decode(s, next, e);
+  };
+  for (int64_t i = b; i < e;) {
+    int64_t next;
+    uint32_t c = peek(i, next);
+    uint16_t f = cls[c];
+    if (f & RE_SPACE) {
+      i = next;
+      continue;
+    }
+    ++n;
+    i = next;
+    if (f & WORD) {
+      for (;;) {
+        while (i < e && (cls[peek(i, next)] & WORD)) i = next;
+        if (i >= e) break;
+        uint32_t sep = peek(i, next);
+        if (!(sep == '-' || sep == '.' || sep == ',' || sep == '/') || next >= e) break;
+        int64_t after;
+        if (!(cls[peek(next, after)] & WORD)) break;
+        i = after;
+      }
+    } else if (c == '\'' || c == 0x2019) {
+      while (i < e && (cls[peek(i, next)] & LETTER)) i = next;
+    } else if (c == '.' || c == '-') {
+      while (i < e && s[i] == c) ++i;
+    }
+  }
+  return n;
+}
+
+// Sentences of one string as text_rules.sentence_counts: whitespace tokens ending a Latin sentence,
+// less titles, initials and abbreviations; plus runs of CJK sentence ends; at least one.
+struct SentenceCounter {
+  std::vector<int64_t> tb, te;
+  std::vector<uint8_t> core;
+
+  bool next_lower(const uint8_t* s, int64_t b, int64_t e, const uint16_t* cls) {
+    for (int64_t i = b; i < e;) {
+      uint16_t f = cls[decode(s, i, e)];
+      if (f & OPENER) continue;
+      return f & LOWER_NUM;
+    }
+    return false;
+  }
+
+  // SENTENCE_END_LATIN: [.!?]+['"”)]*$
+  static bool latin_end(const uint8_t* s, int64_t b, int64_t e) {
+    while (e > b) {
+      int64_t i = previous(s, b, e), j = i;
+      uint32_t c = decode(s, j, e);
+      if (c == '\'' || c == '"' || c == 0x201D || c == ')') {
+        e = i;
+        continue;
+      }
+      return c == '.' || c == '!' || c == '?';
+    }
+    return false;
+  }
+
+  int64_t count(const uint8_t* s, int64_t b, int64_t e, const uint16_t* cls, const uint8_t* lower_ascii,
+                const Strings& titles, const Strings& abbreviations) {
+    tb.clear();
+    te.clear();
+    int64_t start = -1, cjk = 0;
+    bool previous_end = false;
+    for (int64_t i = b; i < e;) {
+      int64_t at = i;
+      uint16_t f = cls[decode(s, i, e)];
+      bool end = f & CJK_END;
+      cjk += end && !previous_end;  // [。！？]+[”」』）]* matches once per run of sentence ends
+      previous_end = end;
+      if (f & SPACE) {
+        if (start >= 0) {
+          tb.push_back(start);
+          te.push_back(at);
+          start = -1;
+        }
+      } else if (start < 0) {
+        start = at;
+      }
+    }
+    if (start >= 0) {
+      tb.push_back(start);
+      te.push_back(e);
+    }
+    int64_t latin = 0;
+    const size_t n = tb.size();
+    for (size_t k = 0; k < n; ++k) {
+      const int64_t x = tb[k], y = te[k];
+      if (!latin_end(s, x, y)) continue;
+      const bool has_next = k + 1 < n;
+      const bool lower = has_next && next_lower(s, tb[k + 1], te[k + 1], cls);
+      const bool period = s[y - 1] == '.' && !(y - x >= 2 && s[y - 2] == '.');
+      const bool ellipsis = y - x >= 3 && s[y - 1] == '.' && s[y - 2] == '.' && s[y - 3] == '.';
+      bool not_end = ellipsis && lower;
+      if (!not_end && period && has_next) {
+        // core: without leading openers and one final period, lower-cased
+        int64_t cb = x, ce = y;
+        while (cb < ce) {
+          int64_t i = cb;
+          if (!(cls[decode(s, i, ce)] & OPENER)) break;
+          cb = i;
+        }
+        if (ce > cb && s[ce - 1] == '.') --ce;
+        core.clear();
+        int64_t chars = 0, runs = 0, letters_in_run = 0;
+        bool ascii = true, shape = true, last_letter = false;
+        uint16_t first_flags = 0;
+        for (int64_t i = cb; i < ce;) {
+          uint32_t c = decode(s, i, ce);
+          uint16_t f = cls[c];
+          if (chars == 0) first_flags = f;
+          ++chars;
+          uint8_t a = lower_ascii[c];
+          ascii &= a != 0;
+          core.push_back(a);
+          // ^\pL+(\.\pL+)+$ on the lower-cased core
+          if (f & LOWER_LETTER) {
+            if (!last_letter) ++runs;
+            last_letter = true;
+            ++letters_in_run;
+          } else if (c == '.' && last_letter) {
+            last_letter = false;
+          } else {
+            shape = false;
+          }
+        }
+        const bool initial = chars == 1 && (first_flags & LOWER_LETTER);
+        const bool dotted = shape && last_letter && runs >= 2;
+        bool title = false, abbreviation = dotted;
+        if (ascii && chars) {
+          title = titles.equals(core.data(), 0, static_cast<int64_t>(core.size()));
+          abbreviation |= abbreviations.equals(core.data(), 0, static_cast<int64_t>(core.size()));
+        }
+        not_end = initial || title || (abbreviation && lower);
+      }
+      latin += !not_end;
+    }
+    return std::max<int64_t>(latin + cjk, 1);
+  }
+};
+
 }  // namespace
 
 extern "C" {
+
+// gopher_quality's counts per document (stages/gopher_quality.py), out[doc * 8 + ...]: words, their
+// characters, symbols (non-overlapping occurrences of each of `symbols`), non-empty lines, lines starting
+// with a bullet and ending with an ellipsis (after trimming), words holding a letter, stop words (of
+// `stop_cjk` in CJK documents, else `stop`, byte for byte).
+int64_t tr_quality(const uint8_t* data, const int64_t* offsets, int64_t n_docs, const uint8_t* cjk_doc,
+                   const uint16_t* cls, const uint8_t* stop_d, const int64_t* stop_o, int64_t stop_n,
+                   const uint8_t* cstop_d, const int64_t* cstop_o, int64_t cstop_n, const uint8_t* bullet_d,
+                   const int64_t* bullet_o, int64_t bullet_n, const uint8_t* ellipsis_d, const int64_t* ellipsis_o,
+                   int64_t ellipsis_n, const uint8_t* symbol_d, const int64_t* symbol_o, int64_t symbol_n,
+                   int64_t* out) {
+  const Strings stop{stop_d, stop_o, stop_n}, cstop{cstop_d, cstop_o, cstop_n}, bullets{bullet_d, bullet_o, bullet_n},
+      ellipses{ellipsis_d, ellipsis_o, ellipsis_n};
+  for (int64_t doc = 0; doc < n_docs; ++doc) {
+    const int64_t start = offsets[doc], stop_at = offsets[doc + 1];
+    const bool cjk = cjk_doc[doc] != 0;
+    const Strings& stops = cjk ? cstop : stop;
+    int64_t* o = out + doc * 8;
+    std::fill(o, o + 8, 0);
+    for_words(data, start, stop_at, cjk, cls, [&](int64_t b, int64_t e, int64_t chars) {
+      ++o[0];
+      o[1] += chars;
+      o[6] += has_class(data, b, e, cls, LETTER);
+      o[7] += stops.equals(data, b, e);
+    });
+    for (int64_t k = 0; k < symbol_n; ++k) {
+      o[2] += count_substring(data, start, stop_at, symbol_d + symbol_o[k], symbol_o[k + 1] - symbol_o[k]);
+    }
+    for (int64_t piece = start;;) {
+      int64_t end = piece;
+      while (end < stop_at && data[end] != '\n') ++end;
+      int64_t b = piece, e = end;
+      trim(data, b, e, cls, TRIM);
+      o[3] += e > b;
+      o[4] += bullets.starts(data, b, e);
+      o[5] += ellipses.ends(data, b, e);
+      if (end >= stop_at) break;
+      piece = end + 1;
+    }
+  }
+  return n_docs;
+}
+
+// fineweb's counts per document (stages/fineweb.py), out[doc * 7 + ...]: newlines, characters,
+// non-blank lines, those ending in one of `terminal`, those of at most `short_len` (`short_len_cjk`)
+// characters, characters of non-blank lines equal to an earlier one, words (Treebank-like tokens, or
+// text_rules.words in CJK documents).
+int64_t tr_fineweb(const uint8_t* data, const int64_t* offsets, int64_t n_docs, const uint8_t* cjk_doc,
+                   const uint16_t* cls, const uint8_t* term_d, const int64_t* term_o, int64_t term_n,
+                   int64_t short_len, int64_t short_len_cjk, int64_t* out) {
+  const Strings terminal{term_d, term_o, term_n};
+  Table table;
+  std::vector<int64_t> lb, le, seen_b, seen_e;
+  for (int64_t doc = 0; doc < n_docs; ++doc) {
+    const int64_t start = offsets[doc], stop = offsets[doc + 1];
+    const bool cjk = cjk_doc[doc] != 0;
+    const int64_t limit = cjk ? short_len_cjk : short_len;
+    int64_t* o = out + doc * 7;
+    std::fill(o, o + 7, 0);
+    o[1] = code_points(data, start, stop);
+    lb.clear();
+    le.clear();
+    for (int64_t piece = start;;) {
+      int64_t end = piece;
+      while (end < stop && data[end] != '\n') ++end;
+      int64_t b = piece, e = end;
+      trim(data, b, e, cls, TRIM);
+      if (e > b) {
+        lb.push_back(piece);
+        le.push_back(end);
+      }
+      if (end >= stop) break;
+      ++o[0];
+      piece = end + 1;
+    }
+    table.reset(lb.size());
+    seen_b.clear();
+    seen_e.clear();
+    for (size_t k = 0; k < lb.size(); ++k) {
+      const int64_t b = lb[k], e = le[k], chars = code_points(data, b, e);
+      ++o[2];
+      o[3] += terminal.ends(data, b, e);
+      o[4] += chars <= limit;
+      uint64_t h = hash_bytes(data + b, e - b);
+      uint64_t at = h & table.mask;
+      bool seen = false;
+      while (table.slot[at] >= 0) {
+        int32_t j = table.slot[at];
+        if (table.key[at] == h && seen_e[j] - seen_b[j] == e - b &&
+            std::memcmp(data + seen_b[j], data + b, static_cast<size_t>(e - b)) == 0) {
+          seen = true;
+          break;
+        }
+        at = (at + 1) & table.mask;
+      }
+      if (seen) {
+        o[5] += chars;
+      } else {
+        table.key[at] = h;
+        table.slot[at] = static_cast<int32_t>(seen_b.size());
+        seen_b.push_back(b);
+        seen_e.push_back(e);
+      }
+    }
+    if (cjk) {
+      for_words(data, start, stop, true, cls, [&](int64_t, int64_t, int64_t) { ++o[6]; });
+    } else {
+      o[6] = treebank_tokens(data, start, stop, cls);
+    }
+  }
+  return n_docs;
+}
+
+// c4's line and document rules (stages/c4.py) in one pass. Per line (split on "\n", trimmed): the
+// first of too_long_word (1), no_terminal_punct (2), too_few_words (3), javascript (4), policy (5), or
+// kept (0), counted per document in line_out[doc * 6 + reason]. Per document, doc_out: 0 kept,
+// 1 lorem_ipsum, 2 curly_bracket, 3 min_sentences. text_out/text_offsets: the kept lines (citations cut,
+// a CJK line's unterminated tail cut) joined by "\n" where the document stays, its text where it goes;
+// never longer than the input, so text_out needs the input's size. Options of -1 are off (None).
+int64_t tr_c4(const uint8_t* data, const int64_t* offsets, int64_t n_docs, const uint8_t* cjk_doc,
+              const uint16_t* cls, const uint8_t* lower_ascii, const uint8_t* term_d, const int64_t* term_o,
+              int64_t term_n, const uint8_t* policy_d, const int64_t* policy_o, int64_t policy_n,
+              const uint8_t* title_d, const int64_t* title_o, int64_t title_n, const uint8_t* abbr_d,
+              const int64_t* abbr_o, int64_t abbr_n, const uint8_t* phrase_d, const int64_t* phrase_o,
+              int64_t remove_citations, int64_t no_terminal_punct, int64_t min_words, int64_t max_word_length,
+              int64_t javascript, int64_t lorem, int64_t curly, int64_t curly_kept_lines, int64_t min_sentences,
+              int64_t min_sentences_cjk, int64_t* line_out, int64_t* doc_out, uint8_t* text_out,
+              int64_t* text_offsets) {
+  const Strings terminal{term_d, term_o, term_n}, titles{title_d, title_o, title_n},
+      abbreviations{abbr_d, abbr_o, abbr_n};
+  // phrase 0: "lorem ipsum", 1: "javascript", 2: "...", 3: "{"
+  auto phrase = [&](int k) { return std::make_pair(phrase_d + phrase_o[k], phrase_o[k + 1] - phrase_o[k]); };
+  SentenceCounter sentences;
+  std::vector<uint8_t> line, low;
+  int64_t cursor = 0;
+  text_offsets[0] = 0;
+  for (int64_t doc = 0; doc < n_docs; ++doc) {
+    const int64_t start = offsets[doc], stop = offsets[doc + 1];
+    const bool cjk = cjk_doc[doc] != 0;
+    int64_t* counts = line_out + doc * 6;
+    std::fill(counts, counts + 6, 0);
+    bool lorem_hit = false, curly_hit = false, first_kept = true;
+    int64_t doc_sentences = 0;
+    const int64_t doc_begin = cursor;
+    for (int64_t piece = start;;) {
+      int64_t end = piece;
+      while (end < stop && data[end] != '\n') ++end;
+      int64_t b = piece, e = end;
+      trim(data, b, e, cls, TRIM);
+      int64_t words = 0, longest = 0;
+      for_words(data, b, e, cjk, cls, [&](int64_t, int64_t, int64_t chars) {
+        ++words;
+        longest = std::max(longest, chars);
+      });
+      int reason = 0;
+      if (max_word_length >= 0 && longest > max_word_length) reason = 1;
+      // The line as c4.py rewrites it: citations \[\d*\]|\[edit\]|\[citation needed\] cut (RE2's \d is ASCII)...
+      line.clear();
+      for (int64_t i = b; i < e;) {
+        if (remove_citations && data[i] == '[') {
+          int64_t j = i + 1;
+          while (j < e && data[j] >= '0' && data[j] <= '9') ++j;
+          if (j < e && data[j] == ']') {
+            i = j + 1;
+            continue;
+          }
+          static const char* words_[] = {"[edit]", "[citation needed]"};
+          bool cut = false;
+          for (const char* w : words_) {
+            int64_t m = static_cast<int64_t>(std::strlen(w));
+            if (e - i >= m && std::memcmp(data + i, w, static_cast<size_t>(m)) == 0) {
+              i += m;
+              cut = true;
+              break;
+            }
+          }
+          if (cut) continue;
+        }
+        line.push_back(data[i++]);
+      }
+      const uint8_t* s = line.data();
+      int64_t n = static_cast<int64_t>(line.size());
+      // ...and in CJK text the tail after the last sentence end, CJK_TRAILING_FRAGMENT
+      // ([。！？][”」』）]*)[^。！？]+$ -> \1: the closers kept are all but the last code point.
+      if (no_terminal_punct && cjk) {
+        int64_t q = -1;  // where the last sentence end finishes
+        for (int64_t i = 0; i < n;) {
+          if (cls[decode(s, i, n)] & CJK_END) q = i;
+        }
+        if (q >= 0 && q < n) {
+          const int64_t rest = code_points(s, q, n);
+          int64_t keep = q, closers = 0;
+          for (int64_t i = q; i < n && closers < rest - 1;) {
+            if (!(cls[decode(s, i, n)] & CJK_CLOSE)) break;
+            keep = i;
+            ++closers;
+          }
+          n = keep;
+        }
+      }
+      if (no_terminal_punct && reason == 0) {
+        auto [p, m] = phrase(2);
+        bool ellipsis = n >= m && std::memcmp(s + n - m, p, static_cast<size_t>(m)) == 0;
+        if (!terminal.ends(s, 0, n) || ellipsis) reason = 2;
+      }
+      if (min_words >= 0 && reason == 0 && words < min_words) reason = 3;
+      // Lower case as ASCII bytes (other code points as 0x80, which no ASCII phrase contains).
+      low.clear();
+      for (int64_t i = 0; i < n;) {
+        uint8_t a = lower_ascii[decode(s, i, n)];
+        low.push_back(a ? a : 0x80);
+      }
+      auto has = [&](const std::vector<uint8_t>& v, const uint8_t* p, int64_t m) {
+        return count_substring(v.data(), 0, static_cast<int64_t>(v.size()), p, m) > 0;
+      };
+      if (lorem && reason == 0) {
+        auto [p, m] = phrase(0);
+        lorem_hit |= has(low, p, m);
+      }
+      if (javascript && reason == 0) {
+        auto [p, m] = phrase(1);
+        if (has(low, p, m)) reason = 4;
+      }
+      if (curly && !(curly_kept_lines && reason != 0)) {
+        auto [p, m] = phrase(3);
+        curly_hit |= count_substring(s, 0, n, p, m) > 0;
+      }
+      if (policy_n && reason == 0) {
+        for (int64_t k = 0; k < policy_n && reason == 0; ++k) {
+          if (has(low, policy_d + policy_o[k], policy_o[k + 1] - policy_o[k])) reason = 5;
+        }
+      }
+      ++counts[reason];
+      if (reason == 0) {
+        doc_sentences += sentences.count(s, 0, n, cls, lower_ascii, titles, abbreviations);
+        if (!first_kept) text_out[cursor++] = '\n';
+        first_kept = false;
+        std::memcpy(text_out + cursor, s, static_cast<size_t>(n));
+        cursor += n;
+      }
+      if (end >= stop) break;
+      piece = end + 1;
+    }
+    int64_t why = 0;
+    const int64_t needed = cjk ? min_sentences_cjk : min_sentences;
+    if (lorem_hit) {
+      why = 1;
+    } else if (curly_hit) {
+      why = 2;
+    } else if (min_sentences >= 0 && doc_sentences < needed) {
+      why = 3;
+    }
+    doc_out[doc] = why;
+    if (why != 0) {  // a dropped document keeps its text
+      cursor = doc_begin;
+      std::memcpy(text_out + cursor, data + start, static_cast<size_t>(stop - start));
+      cursor += stop - start;
+    }
+    text_offsets[doc + 1] = cursor;
+  }
+  return n_docs;
+}
 
 // Gopher repetition measures of every document (Rae et al. 2021, table A1), the definitions of
 // stages/text_rules.py:
