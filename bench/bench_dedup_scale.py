@@ -161,11 +161,18 @@ def main() -> None:
     watch = MemoryWatch()
     watch.start()
     with tempfile.TemporaryDirectory(dir=REPO / ".cache") as tmp:
-        raw = {"input": {"path": [str(f) for f in files]}, "output": {"path": str(Path(tmp) / "out")},
+        # keep_work: the spilled keys stay after the run, to be weighed (the aggregate's own
+        # intermediates are removed step by step; their size is the keys' times a small factor)
+        raw = {"input": {"path": [str(f) for f in files]}, "output": {"path": str(Path(tmp) / "out"), "keep_work": True},
                "executor": {"kind": "ray", "num_cpus": 2}, "stages": [{"name": "minhash_dedup"}]}
         started = time.perf_counter()
         stats = run_pipeline(pipeline_from_dict(raw), RunOptions(progress=True))
         wall = time.perf_counter() - started
+        spilled: dict[str, int] = defaultdict(int)
+        for root, _, names in os.walk(Path(tmp) / "out" / "_work"):
+            for name in names:
+                if name.endswith(".parquet"):
+                    spilled[Path(root).name if "keys" in root else "other"] += os.path.getsize(os.path.join(root, name))
     watch.running = False
     watch.join()
     peaks = sorted(watch.peaks.items(), key=lambda kv: -kv[1])
@@ -180,6 +187,8 @@ def main() -> None:
         "aggregate": stats["aggregates"],
         "kept_docs": stats["output"]["kept_docs"],
         "rejected_docs": stats["output"]["rejected_docs"],
+        "spilled_keys_bytes_per_doc": round(sum(spilled.values()) / max(stats["input"]["docs"], 1), 1),
+        "spilled_bytes_by_folder": dict(spilled),
         "peak_rss_mb_largest_processes": [{"process": name, "rss_mb": round(rss / 2**20)} for (_, name), rss in peaks[:8]],
         "every_process_below_3gb": all(rss < 3 * 2**30 for rss in watch.peaks.values()),
         "every_process_below_1gb": all(rss < 2**30 for rss in watch.peaks.values()),
