@@ -15,13 +15,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation import rules_native
 from curation.stage import TEXT, register_stage, set_column
 from curation.stages import text_rules as tr
 from curation.stages.rule_stage import RuleStage
 
+LOREM_IPSUM, JAVASCRIPT = "lorem ipsum", "javascript"
 POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
 CJK_TRAILING_FRAGMENT = r"([。！？][”」』）]*)[^。！？]+$"
+LINE_REASONS = ("too_long_word", "no_terminal_punct", "too_few_words", "javascript", "policy")  # tr_c4's codes 1-5
+DOC_REASONS = ("c4:lorem_ipsum", "c4:curly_bracket", "c4:min_sentences")  # tr_c4's codes 1-3
 
 
 @register_stage("c4")
@@ -49,81 +53,15 @@ class C4(RuleStage):
                 raise ValueError("curly_bracket_scope must be 'page' or 'kept_lines'")
 
     def check(self, batch: pa.RecordBatch, selected: tr.Selected) -> pa.RecordBatch:
-        c = self.config
-        rows, text, cjk = selected.rows, selected.text, selected.cjk
-
-        doc_lines = tr.lines(text)
-        line = pc.utf8_trim_whitespace(doc_lines.values)
-        line_cjk = cjk[doc_lines.parent]
-        line_words = tr.words(line, line_cjk)  # parent = line index
-        n_words = line_words.counts
-        n_lines = len(line)
-        removed = np.full(n_lines, None, dtype=object)
-
-        def remove(reason: str, mask: np.ndarray) -> None:
-            removed[(removed == None) & mask] = reason  # noqa: E711
-
-        if c.max_word_length is not None and len(line_words.values):
-            longest = np.zeros(n_lines, dtype=np.int64)
-            np.maximum.at(longest, line_words.parent, line_words.lengths())
-            remove("too_long_word", longest > c.max_word_length)
-        if c.remove_citations:
-            line = pc.replace_substring_regex(line, CITATION, "")
-        if c.filter_no_terminal_punct and line_cjk.any():
-            # A CJK line is often a whole paragraph of sentences: cut its unterminated tail (a fragment)
-            # instead of losing the paragraph; a line with no sentence end at all still goes.
-            trimmed = pc.replace_substring_regex(line, CJK_TRAILING_FRAGMENT, r"\1")
-            line = pc.if_else(pa.array(line_cjk), trimmed, line)
-        if c.filter_no_terminal_punct:
-            remove("no_terminal_punct", ~tr.ends_with_any(line, c.terminal_punctuation) | tr.ends_with_any(line, ("...",)))
-        if c.min_words_per_line is not None:
-            remove("too_few_words", n_words < c.min_words_per_line)
-        lower = pc.utf8_lower(line)
-        alive = removed == None  # noqa: E711
-        doc_reason = np.full(len(rows), None, dtype=object)
-        if c.filter_lorem_ipsum:
-            hit = alive & tr.to_numpy_bool(pc.match_substring(lower, "lorem ipsum"))
-            doc_reason[np.unique(doc_lines.parent[hit])] = "c4:lorem_ipsum"
-        if c.filter_javascript:
-            remove("javascript", tr.to_numpy_bool(pc.match_substring(lower, "javascript")))
-        if c.filter_curly_bracket:
-            # The paper: "We removed any pages that contained a curly bracket" - anywhere on the page.
-            # The reference code looks only at lines that survived the line rules (curly_bracket_scope:
-            # kept_lines), which lets code through: its brace lines end without punctuation.
-            hit = tr.to_numpy_bool(pc.match_substring(line, "{"))
-            if c.curly_bracket_scope == "kept_lines":
-                hit &= removed == None  # noqa: E711
-            curly_docs = np.unique(doc_lines.parent[hit])
-            doc_reason[curly_docs[doc_reason[curly_docs] == None]] = "c4:curly_bracket"  # noqa: E711
-        if c.filter_policy:
-            policy = np.zeros(n_lines, dtype=bool)
-            for phrase in POLICY_PHRASES:
-                policy |= tr.to_numpy_bool(pc.match_substring(lower, phrase))
-            remove("policy", policy)
-
-        keep = removed == None  # noqa: E711
-        # The reference counts sentences with punkt, which knows abbreviations and initials; so do these
-        # rules (text_rules.sentence_counts), where a plain "period then space" counted "H. M." as two.
-        sentences = tr.sentence_counts(line)
-        doc_sentences = doc_lines.per_doc_sum(np.where(keep, sentences, 0))
-        if c.min_sentences is not None:
-            needed = np.where(cjk, c.min_sentences_cjk if c.min_sentences_cjk is not None else c.min_sentences,
-                              c.min_sentences)
-            few = (doc_reason == None) & (doc_sentences < needed)  # noqa: E711
-            doc_reason[few] = "c4:min_sentences"
-
-        # Rewrite the text of the documents that stay; dropped ones keep their text for auditing.
-        kept_counts = doc_lines.per_doc_count(keep)
-        offsets = np.concatenate([[0], np.cumsum(kept_counts)]).astype(np.int32)
-        rebuilt = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), pc.filter(line, pa.array(keep))), "\n")
-        stays = doc_reason == None  # noqa: E711
-        new_text = pc.if_else(pa.array(stays), rebuilt, text)
+        rows, text = selected.rows, selected.text
+        result = line_rules(text, selected.cjk, self.config)
+        stays = result.doc_reason == None  # noqa: E711
         old_bytes = pc.binary_length(text).to_numpy(zero_copy_only=False)
-        new_bytes = pc.binary_length(new_text).to_numpy(zero_copy_only=False)
+        new_bytes = pc.binary_length(result.text).to_numpy(zero_copy_only=False)
         self.metrics["bytes_removed"] += int((old_bytes - new_bytes)[stays].sum())
-        stays_lines = stays[doc_lines.parent]
-        for reason, count in zip(*np.unique(removed[stays_lines & ~keep].astype(str), return_counts=True)):
-            self.metrics[f"lines_removed:{reason}"] += int(count)
+        for reason, count in result.lines_removed.items():
+            self.metrics[f"lines_removed:{reason}"] += count
+        new_text, doc_reason = result.text, result.doc_reason
 
         full_text = batch.column(TEXT)
         index = np.full(batch.num_rows, -1, dtype=np.int64)
@@ -131,3 +69,112 @@ class C4(RuleStage):
         gathered = pc.take(new_text, pa.array(np.maximum(index, 0)))
         batch = set_column(batch, TEXT, pc.if_else(pa.array(index >= 0), gathered, full_text))
         return tr.apply_reasons(batch, rows, doc_reason)
+
+
+@dataclasses.dataclass
+class LineRules:
+    """c4's outcome for a batch of documents: the new text (kept lines where the document stays, the old
+    text where it goes), the document reasons (None: stays), lines removed per reason in staying documents."""
+
+    text: pa.Array
+    doc_reason: np.ndarray
+    lines_removed: dict[str, int]
+
+
+def line_rules(text: pa.Array, cjk: np.ndarray, c: C4.Config, native: bool | None = None) -> LineRules:
+    """The line and document rules of every document; compiled where built (tr_c4 in text_rules.cc, one
+    pass and no intermediate arrays), in Arrow and numpy otherwise, with the same results."""
+    lib = tr.native_library(native)
+    ascii_ = all(p.isascii() for p in (LOREM_IPSUM, JAVASCRIPT) + POLICY_PHRASES + tr.TITLES + tr.ABBREVIATIONS)
+    if lib is not None and text.null_count == 0 and ascii_:
+        def flag(value) -> int:
+            return -1 if value is None else int(value)
+
+        min_cjk = c.min_sentences_cjk if c.min_sentences_cjk is not None else c.min_sentences
+        options = [flag(c.remove_citations), flag(c.filter_no_terminal_punct), flag(c.min_words_per_line),
+                   flag(c.max_word_length), flag(c.filter_javascript), flag(c.filter_lorem_ipsum),
+                   flag(c.filter_curly_bracket), flag(c.curly_bracket_scope == "kept_lines"), flag(c.min_sentences),
+                   flag(min_cjk)]
+        lines, codes, new_text = rules_native.c4(
+            lib, text, cjk, tr.unicode_classes(), tr.lower_ascii(), c.terminal_punctuation,
+            POLICY_PHRASES if c.filter_policy else (), tr.TITLES, tr.ABBREVIATIONS, (LOREM_IPSUM, JAVASCRIPT, "...", "{"),
+            options)
+        doc_reason = np.array((None,) + DOC_REASONS, dtype=object)[codes]
+        removed = lines[doc_reason == None].sum(axis=0)  # noqa: E711
+        return LineRules(new_text.cast(text.type), doc_reason,
+                         {reason: int(n) for reason, n in sorted(zip(LINE_REASONS, removed[1:])) if n})
+    return _line_rules_numpy(text, cjk, c)
+
+
+def _line_rules_numpy(text: pa.Array, cjk: np.ndarray, c: C4.Config) -> LineRules:
+    rows = np.arange(len(text))
+    doc_lines = tr.lines(text)
+    line = pc.utf8_trim_whitespace(doc_lines.values)
+    line_cjk = cjk[doc_lines.parent]
+    line_words = tr.words(line, line_cjk)  # parent = line index
+    n_words = line_words.counts
+    n_lines = len(line)
+    removed = np.full(n_lines, None, dtype=object)
+
+    def remove(reason: str, mask: np.ndarray) -> None:
+        removed[(removed == None) & mask] = reason  # noqa: E711
+
+    if c.max_word_length is not None and len(line_words.values):
+        longest = np.zeros(n_lines, dtype=np.int64)
+        np.maximum.at(longest, line_words.parent, line_words.lengths())
+        remove("too_long_word", longest > c.max_word_length)
+    if c.remove_citations:
+        line = pc.replace_substring_regex(line, CITATION, "")
+    if c.filter_no_terminal_punct and line_cjk.any():
+        # A CJK line is often a whole paragraph of sentences: cut its unterminated tail (a fragment)
+        # instead of losing the paragraph; a line with no sentence end at all still goes.
+        trimmed = pc.replace_substring_regex(line, CJK_TRAILING_FRAGMENT, r"\1")
+        line = pc.if_else(pa.array(line_cjk), trimmed, line)
+    if c.filter_no_terminal_punct:
+        remove("no_terminal_punct", ~tr.ends_with_any(line, c.terminal_punctuation) | tr.ends_with_any(line, ("...",)))
+    if c.min_words_per_line is not None:
+        remove("too_few_words", n_words < c.min_words_per_line)
+    lower = pc.utf8_lower(line)
+    alive = removed == None  # noqa: E711
+    doc_reason = np.full(len(rows), None, dtype=object)
+    if c.filter_lorem_ipsum:
+        hit = alive & tr.to_numpy_bool(pc.match_substring(lower, LOREM_IPSUM))
+        doc_reason[np.unique(doc_lines.parent[hit])] = DOC_REASONS[0]
+    if c.filter_javascript:
+        remove("javascript", tr.to_numpy_bool(pc.match_substring(lower, JAVASCRIPT)))
+    if c.filter_curly_bracket:
+        # The paper: "We removed any pages that contained a curly bracket" - anywhere on the page.
+        # The reference code looks only at lines that survived the line rules (curly_bracket_scope:
+        # kept_lines), which lets code through: its brace lines end without punctuation.
+        hit = tr.to_numpy_bool(pc.match_substring(line, "{"))
+        if c.curly_bracket_scope == "kept_lines":
+            hit &= removed == None  # noqa: E711
+        curly_docs = np.unique(doc_lines.parent[hit])
+        doc_reason[curly_docs[doc_reason[curly_docs] == None]] = DOC_REASONS[1]  # noqa: E711
+    if c.filter_policy:
+        policy = np.zeros(n_lines, dtype=bool)
+        for phrase in POLICY_PHRASES:
+            policy |= tr.to_numpy_bool(pc.match_substring(lower, phrase))
+        remove("policy", policy)
+
+    keep = removed == None  # noqa: E711
+    # The reference counts sentences with punkt, which knows abbreviations and initials; so do these
+    # rules (text_rules.sentence_counts), where a plain "period then space" counted "H. M." as two.
+    sentences = tr.sentence_counts(line)
+    doc_sentences = doc_lines.per_doc_sum(np.where(keep, sentences, 0))
+    if c.min_sentences is not None:
+        needed = np.where(cjk, c.min_sentences_cjk if c.min_sentences_cjk is not None else c.min_sentences,
+                          c.min_sentences)
+        few = (doc_reason == None) & (doc_sentences < needed)  # noqa: E711
+        doc_reason[few] = DOC_REASONS[2]
+
+    # Rewrite the text of the documents that stay; dropped ones keep their text for auditing.
+    kept_counts = doc_lines.per_doc_count(keep)
+    offsets = np.concatenate([[0], np.cumsum(kept_counts)]).astype(np.int32)
+    rebuilt = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), pc.filter(line, pa.array(keep))), "\n")
+    stays = doc_reason == None  # noqa: E711
+    new_text = pc.if_else(pa.array(stays), rebuilt, text)
+    stays_lines = stays[doc_lines.parent]
+    lines_removed = {str(reason): int(count)
+                     for reason, count in zip(*np.unique(removed[stays_lines & ~keep].astype(str), return_counts=True))}
+    return LineRules(new_text, doc_reason, lines_removed)
