@@ -18,18 +18,17 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from curation import storage
 from curation.config import ExecutorConfig, PipelineConfig
 from curation.errors import CurationError, ShardFailure
 from curation.io import Shard, list_shards, write_json_atomic
-from curation.output_folder import (TMP_NAME, OutputFolderError, check_not_inputs, check_writable_here,
-                                    remove_run_outputs)
+from curation.output_folder import OutputFolderError, check_not_inputs, check_writable_here, remove_run_outputs
 from curation.output_schema import publish_one_schema
 from curation.pipeline import Layout, Segment, ShardProcessor, plan_segments
 from curation.stage import AggregateContext, build_stage
@@ -38,6 +37,7 @@ from curation.stats import RunStats, ShardStats, stage_key
 log = logging.getLogger(__name__)
 
 FINGERPRINT_VERSION = 1
+PROGRESS_EVERY_S = 1.0  # how often the progress bar asks running stage actors how far they got
 
 
 class PipelineError(CurationError, RuntimeError):
@@ -63,12 +63,17 @@ class LocalBackend:
     def release(self) -> None:
         pass
 
-    def map_shards(self, processor: ShardProcessor, shards: list[Shard],
-                   stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[Shard, dict[str, Any]]]:
-        for shard in shards:
-            if stop():
-                return
-            yield shard, processor.process(shard)
+    def map_shards(self, processor: ShardProcessor, shards: list[Shard], stop: Callable[[], bool] = lambda: False,
+                   progress: Callable[[str, int], None] | None = None) -> Iterator[tuple[Shard, dict[str, Any]]]:
+        if progress is not None:
+            processor.on_progress = lambda shard, position: progress(shard.path, position)
+        try:
+            for shard in shards:
+                if stop():
+                    return
+                yield shard, processor.process(shard)
+        finally:
+            processor.on_progress = None
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
         return [fn(item) for item in items]
@@ -158,7 +163,10 @@ class RayBackend:
     def _new_actor(self) -> Any:
         import ray
 
-        actor = ray.remote(num_cpus=1, max_restarts=0)(StageWorker).remote()
+        # Two threads: `progress` answers while `process` runs (the scheduler never sends an actor two
+        # shards at once)
+        actor = ray.remote(num_cpus=1, max_restarts=0, max_concurrency=2)(StageWorker).remote(
+            storage.store_environment())
         self._pool.append(actor)
         return actor
 
@@ -177,7 +185,8 @@ class RayBackend:
         return list(self._pool)
 
     def _schedule(self, items: list[Any], start: Callable[[Any], Any], submit: Callable[[Any, Any], Any],
-                  what: Callable[[Any], str], stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[Any, Any]]:
+                  what: Callable[[Any], str], stop: Callable[[], bool] = lambda: False,
+                  tick: Callable[[list[Any]], None] | None = None) -> Iterator[tuple[Any, Any]]:
         """Run `submit(actor, item)` for every item on the pool, one item per actor at a time, yielding
         (position of the item, result) as they finish. `start(actor)` prepares an actor first (None: nothing to do);
         items go only to prepared actors, so after a node is lost an actor that cannot be placed waits
@@ -212,8 +221,11 @@ class RayBackend:
                 while pending and idle and not stop():
                     actor, position = idle.pop(), pending.pop()
                     running[submit(actor, items[position])] = (actor, position)
-                timeout = None if running else self.config.start_timeout_s
+                timeout = (PROGRESS_EVERY_S if tick else None) if running else self.config.start_timeout_s
                 done, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=timeout)
+                if not done and running:  # `tick` was given: report how far the running items got
+                    tick([actor for actor, _ in running.values()])
+                    continue
                 if not done:
                     raise PipelineError(f"no stage worker could start in {timeout:.0f} s: the cluster has no free "
                                         "CPU for one (executor.start_timeout_s)")
@@ -262,10 +274,11 @@ class RayBackend:
             for actor, _ in running.values():
                 self._discard(actor)
 
-    def map_shards(self, processor: ShardProcessor, shards: list[Shard],
-                   stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[Shard, dict[str, Any]]]:
+    def map_shards(self, processor: ShardProcessor, shards: list[Shard], stop: Callable[[], bool] = lambda: False,
+                   progress: Callable[[str, int], None] | None = None) -> Iterator[tuple[Shard, dict[str, Any]]]:
         """Yield (shard, result) as shards finish. Once `stop()` is true no new shard starts, but the
-        running ones finish and commit, so a failing run leaves no half-written output behind."""
+        running ones finish and commit, so a failing run leaves no half-written output behind.
+        `progress(path, bytes read)` hears every PROGRESS_EVERY_S how far the running shards got."""
         import ray
         from ray.exceptions import RayActorError, WorkerCrashedError
 
@@ -273,8 +286,21 @@ class RayBackend:
         # high-water mark go with the old ones (about 150 MB an actor at the packing pass after the rule
         # filters, bench/bench_peer.py), for a second of start-up.
         self.release()
+
+        def tick(actors: list[Any]) -> None:
+            refs = [actor.progress.remote() for actor in actors]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=PROGRESS_EVERY_S)
+            for ref in ready:
+                try:
+                    reached = ray.get(ref)
+                except (RayActorError, WorkerCrashedError):
+                    continue  # the shard's own result will say so
+                if reached is not None and progress is not None:
+                    progress(*reached)
+
         for position, result in self._schedule(shards, lambda actor: actor.load.remote(processor),
-                                               lambda actor, shard: actor.process.remote(shard), lambda shard: shard.path, stop):
+                                               lambda actor, shard: actor.process.remote(shard), lambda shard: shard.path,
+                                               stop, tick if progress is not None else None):
             yield shards[position], result
         # The pass's models go. Only actors that started: one that cannot be placed (its node was lost)
         # would never answer.
@@ -351,7 +377,11 @@ class StageWorker:
     """The Ray actor: one per CPU for the run. `load` sets a pass's stages up once, then shards stream
     through them; `call` runs an aggregate step's task in the same process."""
 
-    def __init__(self) -> None:
+    def __init__(self, store_environment: dict[str, str] | None = None) -> None:
+        # The driver's store variables (AWS_ENDPOINT_URL, keys...): a worker's environment is the Ray
+        # instance's, fixed when it started, and may lack them. Handed as an argument, not a runtime_env,
+        # which Ray shows in its dashboard and state API.
+        storage.adopt_environment(store_environment or {})
         # One tokenizers (Rayon) thread per actor: an actor holds one CPU, and more threads would only
         # fight the other actors for the same cores. Read when the pool starts, at the first encode.
         os.environ.setdefault("RAYON_NUM_THREADS", "1")
@@ -370,6 +400,9 @@ class StageWorker:
     def process(self, shard: Shard) -> dict[str, Any]:
         assert self.processor is not None, "load() first"
         return self.processor.process(shard)
+
+    def progress(self) -> tuple[str, int] | None:
+        return self.processor.progress() if self.processor is not None else None
 
     def call(self, fn: Callable[..., Any], item: Any) -> Any:
         return _releasing(fn)(item)
@@ -401,7 +434,8 @@ def _fingerprint(config: PipelineConfig, shards: list[Shard]) -> dict[str, Any]:
 
 def _prepare_output(layout: Layout, fingerprint: dict[str, Any], overwrite: bool, inputs: list[str]) -> None:
     """Checks before anything is written: the output folder is not an input, holds nothing curation did
-    not write (curation/output_folder.py), and holds this pipeline's outputs or none."""
+    not write (curation/output_folder.py), and holds this pipeline's outputs or none. The folder may be a
+    URI (an object-store prefix): every check is a listing or a read through curation.storage."""
     try:
         check_not_inputs(layout.root, inputs)
         check_writable_here(layout.root, overwrite)
@@ -411,39 +445,44 @@ def _prepare_output(layout: Layout, fingerprint: dict[str, Any], overwrite: bool
         removed = remove_run_outputs(layout.root)
         if removed:
             log.info("--overwrite: removed %d files of the earlier run in %s", len(removed), layout.root)
-    if layout.fingerprint.exists():
-        previous = json.loads(layout.fingerprint.read_text())
-        finished = [p for p in layout.state.rglob("*.json") if p != layout.fingerprint]
+    state = storage.list_files(layout.state)
+    if any(e.location == layout.fingerprint for e in state):
+        previous = storage.read_json(layout.fingerprint)
+        finished = [e for e in state if e.location != layout.fingerprint and e.relative.endswith(".json")]
         if previous != fingerprint and not finished:
             # An earlier run of another config that finished nothing (it failed on its first shards,
             # say): nothing to keep, so the corrected config just starts.
             log.info("%s: the earlier run there finished no shard; starting afresh", layout.root)
             remove_run_outputs(layout.root)
-    if layout.fingerprint.exists():
+    if storage.exists(layout.fingerprint):
         if previous != fingerprint:  # and the earlier run finished something
-            files = [p for p in layout.root.rglob("*") if p.is_file()]
-            size = sum(p.stat().st_size for p in files)
+            files = storage.list_files(layout.root)
+            size = sum(e.size for e in files)
             raise PipelineError(
                 f"{layout.root} holds the outputs of a different pipeline or input set ({len(finished)} finished "
                 f"step(s) of the earlier run; --overwrite would remove its {len(files):,} files, {size / 1e6:,.1f} MB, "
                 "all written by curation). Run with --overwrite to start again, or choose another output.path")
     else:
-        try:
-            layout.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PipelineError(f"cannot create output folder {layout.root}: {exc.strerror}") from None
-        if not os.access(layout.root, os.W_OK):
-            raise PipelineError(f"output folder {layout.root} is not writable")
+        if not storage.is_uri(layout.root):
+            try:
+                os.makedirs(layout.root, exist_ok=True)
+            except OSError as exc:
+                raise PipelineError(f"cannot create output folder {layout.root}: {exc.strerror}") from None
+            if not os.access(layout.root, os.W_OK):
+                raise PipelineError(f"output folder {layout.root} is not writable")
+        # On a store the first write is the check: it names the location, the endpoint and what to fix.
         write_json_atomic(layout.fingerprint, fingerprint)
-    # Temporary files of an interrupted run are never trusted: remove them.
-    for tmp in layout.root.rglob(".*.tmp-*"):
-        if TMP_NAME.match(tmp.name):
-            tmp.unlink(missing_ok=True)
+    # Temporary files of an interrupted run are never trusted: remove them (on a store none exist:
+    # uploads go straight to their final key).
+    if not storage.is_uri(layout.root):
+        for entry in storage.list_files(layout.root):
+            if storage.TMP_NAME.match(entry.relative.rsplit("/", 1)[-1]):
+                storage.delete(entry.location)
 
 
-def _load_marker(path) -> ShardStats | None:
+def _load_marker(path: str) -> ShardStats | None:
     try:
-        return ShardStats.from_dict(json.loads(path.read_text())["stats"])
+        return ShardStats.from_dict(storage.read_json(path)["stats"])
     except FileNotFoundError:
         return None
 
@@ -456,28 +495,32 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
     stages = [build_stage(entry) for entry in config.stages]  # bad options fail here, before any work
     segments = plan_segments(stages)
     layout = Layout(config.output.path)
-    inputs = [s.path for s in shards] + [p for p in config.input.path if os.path.isdir(os.path.expanduser(p))]
+    inputs = [s.path for s in shards] + [p for p in config.input.path
+                                          if (storage.is_dir(p) if storage.is_uri(p) else os.path.isdir(os.path.expanduser(p)))]
     _prepare_output(layout, _fingerprint(config, shards), options.overwrite, inputs)
 
     run = RunStats(stage_order=[(stage_key(i, s.name), s.name) for i, s in enumerate(stages)])
     run.shards_total = len(shards)
     bad: dict[int, str] = {}
     backend = make_backend(config.executor)
-    final_done = all(layout.marker(segments[-1], shard).exists() for shard in shards) and \
-        all(layout.aggregate_marker(s.keys_for[0]).exists() for s in segments if s.keys_for)
+    state = storage.names_in(layout.state)  # aggregate markers; shard markers are listed per pass
+    final_done = len(layout.finished(segments[-1], shards)) == len(shards) and \
+        all(storage.basename(layout.aggregate_marker(s.keys_for[0])) in state for s in segments if s.keys_for)
     with backend:
         for segment in segments:
             if final_done:
                 break
-            todo = [s for s in shards if s.index not in bad and not layout.marker(segment, s).exists()]
+            finished = layout.finished(segment, shards)
+            todo = [s for s in shards if s.index not in bad and s.index not in finished]
             if todo:
                 _run_segment(backend, segment, todo, config, layout, bad, options, len(segments))
             if segment.keys_for:
                 _run_aggregate(backend, segment, shards, layout, bad)
         one_schema = None
         if config.output.documents:
-            one_schema = publish_one_schema([layout.root / "kept", layout.root / "rejected"],
-                                            layout.state / "one_schema.json", config.output.compression, backend.map)
+            one_schema = publish_one_schema([storage.join(layout.root, "kept"), storage.join(layout.root, "rejected")],
+                                            storage.join(layout.state, "one_schema.json"), config.output.compression,
+                                            backend.map)
         retries = backend.retries
 
     for segment in segments:
@@ -490,7 +533,7 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
             run.add_shard(shard_stats, first_segment=segment.is_first, last_segment=segment.is_last)
         if segment.keys_for:
             key = segment.keys_for[0]
-            marker = json.loads(layout.aggregate_marker(key).read_text())
+            marker = storage.read_json(layout.aggregate_marker(key))
             run.aggregates[key] = marker["result"]
             run.stage(key, segment.keys_for[1].name).wall_s += marker["wall_s"]
     run.shards_skipped = sum(1 for s in shards if s.index not in bad) if final_done else 0
@@ -500,13 +543,14 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
     result["executor"] = {"kind": backend.name, "worker_retries": retries}
     if one_schema is not None:
         result["one_schema"] = one_schema
+        kept = storage.names_in(storage.join(layout.root, "kept"))
         write_json_atomic(layout.shard_index, [
             {"input": shard.path, "source": shard.source, "kept": f"kept/{layout.part_name(shard)}",
              "rejected": f"rejected/{layout.part_name(shard)}"}
-            for shard in shards if shard.index not in bad and layout.kept(shard).exists()])
+            for shard in shards if shard.index not in bad and layout.part_name(shard) in kept])
     write_json_atomic(layout.stats, result)
-    if not bad and not config.output.keep_work and layout.work.exists():
-        shutil.rmtree(layout.work)  # intermediates are only needed until the last segment is done
+    if not bad and not config.output.keep_work:
+        storage.delete_tree(layout.work)  # intermediates are only needed until the last segment is done
     return result
 
 
@@ -518,8 +562,19 @@ def _run_segment(backend, segment: Segment, todo: list[Shard], config: PipelineC
     with tqdm(total=sum(s.size for s in todo), unit="B", unit_scale=True, desc=label,
               disable=not options.progress, dynamic_ncols=True) as bar:
         failure: list[str] = []
-        for shard, result in backend.map_shards(processor, todo, stop=lambda: bool(failure)):
-            bar.update(shard.size)
+        done, partial = 0, {}  # bytes of finished shards; bytes read of running ones (by path)
+
+        def show(path: str, position: int) -> None:
+            partial[path] = position
+            bar.n = done + sum(partial.values())
+            bar.refresh()
+
+        for shard, result in backend.map_shards(processor, todo, stop=lambda: bool(failure),
+                                                progress=show if options.progress else None):
+            partial.pop(shard.path, None)
+            done += shard.size
+            bar.n = done + sum(partial.values())
+            bar.refresh()
             if "error" in result:
                 if not options.skip_bad_shards:
                     failure.append(result["error"])  # let the running shards finish, start no more
@@ -533,13 +588,14 @@ def _run_segment(backend, segment: Segment, todo: list[Shard], config: PipelineC
 def _run_aggregate(backend, segment: Segment, shards: list[Shard], layout: Layout, bad: dict[int, str]) -> None:
     key, stage = segment.keys_for
     marker = layout.aggregate_marker(key)
-    if marker.exists():
+    if storage.exists(marker):
         return
     good = [s for s in shards if s.index not in bad]
-    with_keys = [s for s in good if layout.keys(key, s).exists()]
-    ctx = AggregateContext(str(layout.global_dir(key)), [s.name for s in good],
-                           [str(layout.keys(key, s)) for s in with_keys], backend.map,
-                           keys_shards=[s.index for s in with_keys], output_dir=str(layout.root))
+    keys = storage.names_in(storage.parent(layout.keys(key, good[0]))) if good else set()
+    with_keys = [s for s in good if storage.basename(layout.keys(key, s)) in keys]
+    ctx = AggregateContext(layout.global_dir(key), [s.name for s in good],
+                           [layout.keys(key, s) for s in with_keys], backend.map,
+                           keys_shards=[s.index for s in with_keys], output_dir=layout.root)
     started = time.perf_counter()
     result = stage.aggregate(ctx)
     write_json_atomic(marker, {"result": result, "wall_s": time.perf_counter() - started})

@@ -2,6 +2,8 @@
 
 Every batch the reader yields has `id` (string), `text` (string) and `drop_reason` (string, null)
 plus the input's other columns. Bad input raises `InputError` with the file and the row or line.
+Inputs and outputs are plain paths or URIs (`s3://bucket/in/*.jsonl.gz`): every file goes through
+`curation.storage`, which also says how an output is published whole on a store without rename.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import gzip
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -25,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.config import InputConfig
 from curation.errors import CurationError
 from curation.stage import DROP_REASON, ID, TEXT
@@ -57,7 +59,7 @@ def _source_of(path: str, config: InputConfig) -> str | None:
 
     for name, patterns in config.sources.items():
         for pattern in patterns:
-            full = os.path.abspath(os.path.expanduser(pattern))
+            full = storage.normalise(pattern) if storage.is_uri(pattern) else os.path.abspath(os.path.expanduser(pattern))
             if fnmatch.fnmatch(path, full) or fnmatch.fnmatch(path, os.path.join(full, "*")):
                 return name
     raise InputError(f"{path} is in input.path but in none of input.sources ({', '.join(config.sources)})")
@@ -75,7 +77,7 @@ def shard_format(path: str, configured: str) -> str:
 
 
 def _shard_stem(path: str) -> str:
-    name = os.path.basename(path)
+    name = storage.basename(path)
     for suffix in (".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl", ".json", ".ndjson", ".parquet", ".pq"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
@@ -88,7 +90,22 @@ DATA_SUFFIXES = (".parquet", ".pq", ".jsonl", ".jsonl.gz", ".json", ".json.gz", 
 def list_shards(config: InputConfig) -> list[Shard]:
     """The input files, sorted by path: a stable corpus order independent of the file system."""
     paths: set[str] = set()
+    sizes: dict[str, int] = {}  # from the listing of a store: no request per file
     for pattern in config.path:
+        if storage.is_uri(pattern):
+            if not storage.MAGIC.search(pattern) and storage.is_dir(pattern):
+                found = [e for e in storage.list_files(pattern, recursive=False)
+                         if e.relative.lower().endswith(DATA_SUFFIXES) and not e.relative.startswith(".")]
+                if not found:
+                    raise InputError(f"no Parquet or JSONL files in folder {pattern}")
+            else:
+                found = storage.glob(storage.normalise(pattern))
+                if not found and not storage.MAGIC.search(pattern):
+                    raise InputError(f"input file not found: {pattern}")
+            for entry in found:
+                paths.add(entry.location)
+                sizes[entry.location] = entry.size
+            continue
         if os.path.isdir(os.path.expanduser(pattern)):  # a folder: its data files (a run's OUT/kept, say)
             folder = os.path.expanduser(pattern)
             found = [os.path.join(folder, name) for name in os.listdir(folder)
@@ -112,7 +129,8 @@ def list_shards(config: InputConfig) -> list[Shard]:
         seen = stems.get(stem, 0)
         stems[stem] = seen + 1
         name = stem if seen == 0 else f"{stem}-{seen}"
-        shards.append(Shard(index, path, name, shard_format(path, config.format), os.path.getsize(path),
+        size = sizes[path] if path in sizes else os.path.getsize(path)
+        shards.append(Shard(index, path, name, shard_format(path, config.format), size,
                             _source_of(path, config)))
     return shards
 
@@ -144,13 +162,12 @@ def _diagnose_jsonl(path: str, arrow_message: str) -> str:
     """Find the first bad line with the standard library, to name it exactly. Arrow's own message gives
     a row counted from the start of the block it was reading, not a line of the file: never passed on
     as a position."""
-    opener = gzip.open if path.lower().endswith(".gz") else open
     # "Column(/genre) changed from string to number in row 12": a field whose type changes
     changed = re.search(r"Column\((/[^)]*)\) changed from (\w+) to (\w+)", arrow_message)
     pointer = [part for part in changed.group(1).split("/") if part] if changed else None
     first_kind: tuple[str, int] | None = None
     try:
-        with opener(path, "rb") as handle:
+        with _open_lines(path) as handle:
             for number, raw in enumerate(handle, start=1):
                 if not raw.strip():
                     continue
@@ -187,13 +204,18 @@ def _diagnose_jsonl(path: str, arrow_message: str) -> str:
     return f"{path}: {re.sub(r' in row [0-9]+', '', arrow_message)}"
 
 
+def _open_lines(path: str):
+    """A JSONL file (gzip or not) for line iteration, only to word an error message."""
+    handle = storage.open_binary(path)
+    return gzip.GzipFile(fileobj=handle, mode="rb") if path.lower().endswith(".gz") else handle
+
+
 def _jsonl_line_of_row(path: str, row: int) -> int:
     """The 1-based line of the `row`-th record (0-based) of a JSONL file: blank lines hold no record.
     Only called to word an error message."""
-    opener = gzip.open if path.lower().endswith(".gz") else open
     seen = -1
     try:
-        with opener(path, "rb") as handle:
+        with _open_lines(path) as handle:
             for number, raw in enumerate(handle, start=1):
                 if raw.strip():
                     seen += 1
@@ -215,7 +237,16 @@ MAX_JSONL_BLOCK = 1 << 30  # a single JSON line up to 1 GiB
 JSONL_BLOCK = 4 << 20
 
 
-def _read_jsonl(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
+def _open_counted(path: str) -> tuple[pa.NativeFile, pa.NativeFile]:
+    """(stream to read, the raw file under it): the raw file's position is how far a reader got in
+    the file's own bytes, compressed or not (the progress bar counts input bytes)."""
+    raw = pa.OSFile(path) if not storage.is_uri(path) else storage.open_input(path)
+    if path.lower().endswith(".gz"):
+        return pa.CompressedInputStream(raw, "gzip"), raw
+    return raw, raw
+
+
+def _read_jsonl(shard: Shard, config: InputConfig, position: "Counter[str] | None" = None) -> Iterator[pa.RecordBatch]:
     """Stream a JSONL shard in batches of about `block_bytes` of text. Arrow reads blocks of at least
     JSONL_BLOCK: it infers the columns' types from the first block, and a column null all through a
     small first block and a string later is an error. A line longer than the block (one huge
@@ -224,10 +255,13 @@ def _read_jsonl(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
     block, given = max(config.block_bytes, JSONL_BLOCK), 0
     while True:
         try:
-            reader = pa_json.open_json(shard.path, read_options=pa_json.ReadOptions(block_size=block))
+            stream, raw = _open_counted(shard.path)
+            reader = pa_json.open_json(stream, read_options=pa_json.ReadOptions(block_size=block))
             seen = 0
             for batch in reader:
                 if seen + batch.num_rows > given:
+                    if position is not None:
+                        position["position"] = raw.tell()
                     yield from _byte_slices(batch.slice(max(0, given - seen)), config.text_column, config.block_bytes)
                     given = seen + batch.num_rows
                 seen += batch.num_rows
@@ -239,6 +273,8 @@ def _read_jsonl(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
                 block = min(block * 4, MAX_JSONL_BLOCK)
                 continue
             raise InputError(_diagnose_jsonl(shard.path, str(exc))) from None
+        except storage.StorageError:
+            raise  # the store, not the file: not a bad shard
         except (UnicodeDecodeError, OSError, EOFError) as exc:
             raise InputError(_diagnose_jsonl(shard.path, str(exc))) from None
 
@@ -263,11 +299,17 @@ def _byte_slices(batch: pa.RecordBatch, column: str, limit: int) -> Iterator[pa.
         start = stop
 
 
-def _read_parquet(shard: Shard, config: InputConfig) -> Iterator[pa.RecordBatch]:
+def _read_parquet(shard: Shard, config: InputConfig, position: "Counter[str] | None" = None) -> Iterator[pa.RecordBatch]:
     try:
-        parquet = pq.ParquetFile(shard.path, page_checksum_verification=True)  # pages with a CRC are checked
+        parquet = pq.ParquetFile(storage.parquet_source(shard.path), page_checksum_verification=True)  # pages with a CRC are checked
+        rows, total = 0, max(parquet.metadata.num_rows, 1)
         for batch in parquet.iter_batches(batch_size=config.batch_rows):
+            rows += batch.num_rows
+            if position is not None:  # the file's bytes in proportion to its rows read
+                position["position"] = shard.size * rows // total
             yield from _byte_slices(batch, config.text_column, config.block_bytes)
+    except storage.StorageError:
+        raise  # the store, not the file: not a bad shard
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{shard.path}: cannot read Parquet: {exc} (truncated or corrupt file?)") from None
 
@@ -395,8 +437,8 @@ class DuplicateIds:
 
 def read_shard(shard: Shard, config: InputConfig, counts: "Counter[str] | None" = None) -> Iterator[pa.RecordBatch]:
     """Stream a shard as normalised record batches; memory holds one batch, not the file. `counts`
-    gets `renamed_ids` (duplicate ids made unique)."""
-    source = _read_parquet(shard, config) if shard.format == "parquet" else _read_jsonl(shard, config)
+    gets `renamed_ids` (duplicate ids made unique) and `position` (bytes of the file read so far)."""
+    source = _read_parquet(shard, config, counts) if shard.format == "parquet" else _read_jsonl(shard, config, counts)
     duplicates = DuplicateIds(shard, config.duplicate_ids) if config.id_column else None
     row_offset = 0
     for batch in source:
@@ -417,7 +459,7 @@ def read_shard(shard: Shard, config: InputConfig, counts: "Counter[str] | None" 
 
 def read_parquet_batches(path: str, batch_rows: int = 4096) -> Iterator[pa.RecordBatch]:
     """Our own intermediate files: trusted format, streamed."""
-    parquet = pq.ParquetFile(path, page_checksum_verification=True)
+    parquet = pq.ParquetFile(storage.parquet_source(path), page_checksum_verification=True)
     yield from parquet.iter_batches(batch_size=batch_rows)
 
 
@@ -425,17 +467,19 @@ def read_parquet_batches(path: str, batch_rows: int = 4096) -> Iterator[pa.Recor
 
 
 class AtomicParquetWriter:
-    """Writes a Parquet file under a temporary name; `commit()` renames it into place.
+    """Writes a Parquet file that appears under its name whole at `commit()`, or never (`abort()`).
 
-    A crash before commit leaves only a `.tmp-*` file, which a rerun ignores and overwrites; readers
-    never see a half-written shard under its final name. Batches after the first are cast to the
-    first batch's schema, so a file has one schema.
+    On local disk it is written under a temporary name and renamed into place; on an object store it
+    is spooled locally and uploaded to the final key at commit (`curation.storage.Pending`). A crash
+    before commit leaves only a `.tmp-*` file, which a rerun ignores and removes; readers never see a
+    half-written shard under its final name. Batches after the first are cast to the first batch's
+    schema, so a file has one schema.
     """
 
     def __init__(self, path: str | Path, compression: str = "zstd", schema: pa.Schema | None = None) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}")
+        self.path = path if storage.is_uri(path) else Path(path)
+        self._pending = storage.Pending(path)
+        self.tmp_path = self._pending.local_path
         self.compression = compression
         self.schema = schema
         self._writer: pq.ParquetWriter | None = None
@@ -460,9 +504,7 @@ class AtomicParquetWriter:
         if self._writer is None:
             self._open(self.schema or fallback_schema or pa.schema([]))
         self._writer.close()
-        with open(self.tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self.tmp_path, self.path)
+        self._pending.commit()
         return self.path
 
     def abort(self) -> None:
@@ -471,7 +513,7 @@ class AtomicParquetWriter:
                 self._writer.close()
             except Exception:  # the file is discarded either way
                 pass
-        self.tmp_path.unlink(missing_ok=True)
+        self._pending.abort()
 
 
 def _conform(data: pa.RecordBatch | pa.Table, schema: pa.Schema, path: Path) -> pa.RecordBatch | pa.Table:
@@ -487,12 +529,5 @@ def _conform(data: pa.RecordBatch | pa.Table, schema: pa.Schema, path: Path) -> 
 
 
 def write_json_atomic(path: str | Path, data: object) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """JSON published whole (temporary file and rename on disk, one upload on a store)."""
+    storage.write_json(path, data)

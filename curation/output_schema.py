@@ -5,7 +5,8 @@ Shards from different sources carry different pass-through columns (`genre` in o
 another), and a column can be int in one shard and string in another. After the last pass the run
 takes the union of the files' schemas (columns in first-seen order over the corpus order; a column
 missing from a file becomes nulls; types that cannot be promoted into each other become strings) and
-rewrites each file that differs, atomically (temporary file, then rename), streaming batch by batch.
+rewrites each file that differs, atomically (through `curation.storage`: temporary file then rename on
+disk, one upload to the same key on an object store), streaming batch by batch.
 A file's bytes then depend only on its rows and the union, so a rerun or a resumed run writes the same
 bytes; the step's marker (`_state/one_schema.json`) is written last, and a rerun redoes only files
 that do not match yet.
@@ -15,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.io import write_json_atomic
 
 DROPPED_METADATA = (b"pandas",)  # describes the columns of a pandas frame: wrong once columns are added
@@ -90,36 +90,36 @@ def conform_file(item: tuple[str, pa.Schema, str]) -> bool:
     """Rewrite one Parquet file to `schema` (item: path, schema, compression) unless it has it already;
     returns whether it was rewritten. Runs in a worker."""
     path, schema, compression = item
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(storage.parquet_source(path))
     if parquet.schema_arrow == schema:
         return False
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{uuid.uuid4().hex[:12]}")
+    pending = storage.Pending(path)
     try:
-        with pq.ParquetWriter(tmp, schema, compression=compression, write_page_checksum=True) as writer:
+        with pq.ParquetWriter(pending.local_path, schema, compression=compression, write_page_checksum=True) as writer:
             for batch in parquet.iter_batches(batch_size=4096):
                 writer.write_batch(conform_batch(batch, schema))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        parquet.close()
+        pending.commit()
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        pending.abort()  # nothing left when committed
     return True
 
 
-def publish_one_schema(folders: list[Path], marker: Path, compression: str, map_fn: Any) -> dict[str, int]:
+def publish_one_schema(folders: list[str | Path], marker: str | Path, compression: str, map_fn: Any) -> dict[str, int]:
     """Give every file in each folder (kept/, rejected/) its folder's union schema; `map_fn(fn, items)`
     runs the rewrites on the executor's workers. Returns counts for stats."""
-    if marker.exists():
-        return json.loads(marker.read_text())["files"]
+    if storage.exists(marker):
+        return storage.read_json(marker)["files"]
     counts: dict[str, int] = {}
     for folder in folders:
-        paths = sorted(str(p) for p in folder.glob("*.parquet"))
+        paths = [e.location for e in storage.list_files(folder, recursive=False)
+                 if e.relative.endswith(".parquet") and not storage.TMP_NAME.match(e.relative)]
         if not paths:
             continue
-        schema = union_schema([pq.read_schema(p) for p in paths])
+        schema = union_schema([pq.read_schema(storage.parquet_source(p)) for p in paths])
         rewritten = map_fn(conform_file, [(p, schema, compression) for p in paths])
-        counts[folder.name] = len(paths)
-        counts[f"{folder.name}_rewritten"] = sum(bool(r) for r in rewritten)
+        name = storage.basename(folder)
+        counts[name] = len(paths)
+        counts[f"{name}_rewritten"] = sum(bool(r) for r in rewritten)
     write_json_atomic(marker, {"files": counts})
     return counts

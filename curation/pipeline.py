@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation import storage
 from curation.config import InputConfig
 from curation.errors import CurationError, ShardFailure
 from curation.io import AtomicParquetWriter, InputError, OutputError, Shard, read_parquet_batches, read_shard, write_json_atomic
@@ -64,12 +65,13 @@ def plan_segments(stages: list[Stage]) -> list[Segment]:
 
 
 class Layout:
-    """Where a run keeps its outputs, intermediates and completion markers."""
+    """Where a run keeps its outputs, intermediates and completion markers: locations (a path, or a
+    URI on an object store), all read and written through `curation.storage`."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.work = self.root / "_work"
-        self.state = self.root / "_state"
+        self.root = storage.normalise(root)
+        self.work = storage.join(self.root, "_work")
+        self.state = storage.join(self.root, "_state")
 
     @staticmethod
     def part_name(shard: Shard) -> str:
@@ -78,39 +80,47 @@ class Layout:
         splits) must see one table. OUT/shards.json maps each part to its input file."""
         return f"part-{shard.index:05d}.parquet"
 
-    def kept(self, shard: Shard) -> Path:
-        return self.root / "kept" / self.part_name(shard)
+    def kept(self, shard: Shard) -> str:
+        return storage.join(self.root, "kept", self.part_name(shard))
 
-    def rejected(self, shard: Shard) -> Path:
-        return self.root / "rejected" / self.part_name(shard)
-
-    @property
-    def shard_index(self) -> Path:
-        return self.root / "shards.json"
-
-    def intermediate(self, segment: int, shard: Shard) -> Path:
-        return self.work / f"segment{segment}" / f"{shard.name}.parquet"
-
-    def global_dir(self, key: str) -> Path:
-        return self.work / key
-
-    def keys(self, key: str, shard: Shard) -> Path:
-        return self.global_dir(key) / "keys" / f"{shard.name}.parquet"
-
-    def marker(self, segment: Segment, shard: Shard) -> Path:
-        folder = "final" if segment.is_last else f"segment{segment.index}"
-        return self.state / folder / f"{shard.name}.json"
-
-    def aggregate_marker(self, key: str) -> Path:
-        return self.state / f"{key}.aggregate.json"
+    def rejected(self, shard: Shard) -> str:
+        return storage.join(self.root, "rejected", self.part_name(shard))
 
     @property
-    def fingerprint(self) -> Path:
-        return self.state / "pipeline.json"
+    def shard_index(self) -> str:
+        return storage.join(self.root, "shards.json")
+
+    def intermediate(self, segment: int, shard: Shard) -> str:
+        return storage.join(self.work, f"segment{segment}", f"{shard.name}.parquet")
+
+    def global_dir(self, key: str) -> str:
+        return storage.join(self.work, key)
+
+    def keys(self, key: str, shard: Shard) -> str:
+        return storage.join(self.global_dir(key), "keys", f"{shard.name}.parquet")
+
+    def marker_dir(self, segment: Segment) -> str:
+        return storage.join(self.state, "final" if segment.is_last else f"segment{segment.index}")
+
+    def marker(self, segment: Segment, shard: Shard) -> str:
+        return storage.join(self.marker_dir(segment), f"{shard.name}.json")
+
+    def finished(self, segment: Segment, shards: list[Shard]) -> set[int]:
+        """Indexes of the shards whose marker for `segment` exists: one listing of the marker folder,
+        not a request per shard."""
+        names = storage.names_in(self.marker_dir(segment))
+        return {s.index for s in shards if f"{s.name}.json" in names}
+
+    def aggregate_marker(self, key: str) -> str:
+        return storage.join(self.state, f"{key}.aggregate.json")
 
     @property
-    def stats(self) -> Path:
-        return self.root / "stats.json"
+    def fingerprint(self) -> str:
+        return storage.join(self.state, "pipeline.json")
+
+    @property
+    def stats(self) -> str:
+        return storage.join(self.root, "stats.json")
 
 
 class ShardProcessor:
@@ -125,11 +135,13 @@ class ShardProcessor:
         self.compression = compression
         self._ready = False
         self._current: str | None = None  # the stage running now, for error messages
+        self.reading: tuple[Shard, Counter[str]] | None = None
+        self.on_progress = None  # in-process runs: called (shard, bytes of it read) after each batch
 
     def setup(self) -> None:
         if not self._ready:
             for stage in self.segment.all_stages():
-                stage.run_dir = str(self.layout.root)  # runtime context, not config: where this run writes
+                stage.run_dir = self.layout.root  # runtime context, not config: where this run writes
                 stage.setup()
             self._ready = True
 
@@ -155,12 +167,13 @@ class ShardProcessor:
         last_schema = None
         try:
             input_counts: Counter[str] = Counter()
+            self.reading = (shard, input_counts)  # what `progress()` reports while the shard runs
             if segment.is_first:
                 batches = read_shard(shard, self.input_config, input_counts)
             else:
-                batches = read_parquet_batches(str(layout.intermediate(segment.index - 1, shard)))
+                batches = read_parquet_batches(layout.intermediate(segment.index - 1, shard))
             if segment.apply_global:
-                segment.apply_global[1].prepare(str(layout.global_dir(segment.apply_global[0])), shard.index)
+                segment.apply_global[1].prepare(layout.global_dir(segment.apply_global[0]), shard.index)
             row_offset = 0
             for batch in batches:
                 position = BatchPosition(shard.index, shard.name, row_offset)
@@ -181,6 +194,8 @@ class ShardProcessor:
                 self._write(batch, outputs, stats)
                 last_schema = batch.schema
                 row_offset += batch.num_rows
+                if self.on_progress is not None:
+                    self.on_progress(shard, input_counts["position"])
             if keys_writer is not None:
                 key, stage = segment.keys_for
                 timer = _Timer()
@@ -216,13 +231,17 @@ class ShardProcessor:
             for stage in segment.all_stages():
                 stage.metrics.clear()
             return {"error": str(exc)}
-        except OSError as exc:  # ENOSPC, EACCES, EROFS...: say so, and leave nothing a rerun would trust
+        except OSError as exc:  # ENOSPC, EACCES, EROFS, a store refusing...: say so, leave nothing a rerun would trust
             for writer in writers:
                 writer.abort()
             if segment.keys_for:
                 segment.keys_for[1].keys_abort()
-            raise OutputError(f"{shard.path}: cannot write its output under {layout.root}: {exc} (disk full or "
-                              "folder not writable?). Nothing of this shard was committed: fix it and run again, "
+            if isinstance(exc, storage.StorageError):
+                raise  # it names the location and the store already
+            hint = "store unreachable or credentials refused?" if storage.is_uri(layout.root) else \
+                "disk full or folder not writable?"
+            raise OutputError(f"{shard.path}: cannot write its output under {layout.root}: {exc} ({hint}). "
+                              "Nothing of this shard was committed: fix it and run again, "
                               "finished shards are kept") from None
         except Exception as exc:  # a stage failed in a way no check foresaw: name the shard and stage
             for writer in writers:
@@ -249,6 +268,14 @@ class ShardProcessor:
             raise OutputError(f"{shard.path}: cannot write its completion marker under {layout.root}: {exc} "
                               "(disk full or folder not writable?); the shard will run again") from None
         return result
+
+    def progress(self) -> tuple[str, int] | None:
+        """(path, bytes of the file read so far) of the shard being processed (a later pass reads the
+        intermediate file, whose position is not the input's: it reports none)."""
+        if self.reading is None or not self.segment.is_first:
+            return None
+        shard, counts = self.reading
+        return shard.path, min(int(counts["position"]), shard.size)
 
     def _key_of(self, stage: Stage) -> str:
         for key, candidate in self.segment.stages:
