@@ -222,34 +222,30 @@ inline void trim(const uint8_t* s, int64_t& b, int64_t& e, const uint16_t* cls, 
 }
 
 // Words of s[b, e) as text_rules.words: runs of code points other than white space; in CJK text each
-// CJK code point is a word. Calls f(begin, end, characters) per word.
+// CJK code point is a word. Calls f(begin, end, characters, the union of its code points' classes) per word.
 template <class F>
 inline void for_words(const uint8_t* s, int64_t b, int64_t e, bool cjk, const uint16_t* cls, F&& f) {
   int64_t word_begin = -1, chars = 0;
+  uint16_t classes = 0;
   for (int64_t i = b; i < e;) {
     int64_t at = i;
     uint16_t c = cls[decode(s, i, e)];
     bool space = c & SPACE, single = cjk && (c & CJK);
     if ((space || single) && word_begin >= 0) {
-      f(word_begin, at, chars);
+      f(word_begin, at, chars, classes);
       word_begin = -1;
       chars = 0;
+      classes = 0;
     }
     if (single) {
-      f(at, i, int64_t{1});
+      f(at, i, int64_t{1}, c);
     } else if (!space) {
       if (word_begin < 0) word_begin = at;
       ++chars;
+      classes |= c;
     }
   }
-  if (word_begin >= 0) f(word_begin, e, chars);
-}
-
-inline bool has_class(const uint8_t* s, int64_t b, int64_t e, const uint16_t* cls, uint16_t what) {
-  for (int64_t i = b; i < e;) {
-    if (cls[decode(s, i, e)] & what) return true;
-  }
-  return false;
+  if (word_begin >= 0) f(word_begin, e, chars, classes);
 }
 
 // Tokens of text_rules.TREEBANK_TOKEN in s[b, e), counted as pc.count_substring_regex counts them
@@ -425,10 +421,10 @@ int64_t tr_quality(const uint8_t* data, const int64_t* offsets, int64_t n_docs, 
     const Strings& stops = cjk ? cstop : stop;
     int64_t* o = out + doc * 8;
     std::fill(o, o + 8, 0);
-    for_words(data, start, stop_at, cjk, cls, [&](int64_t b, int64_t e, int64_t chars) {
+    for_words(data, start, stop_at, cjk, cls, [&](int64_t b, int64_t e, int64_t chars, uint16_t classes) {
       ++o[0];
       o[1] += chars;
-      o[6] += has_class(data, b, e, cls, LETTER);
+      o[6] += (classes & LETTER) != 0;
       o[7] += stops.equals(data, b, e);
     });
     for (int64_t k = 0; k < symbol_n; ++k) {
@@ -511,7 +507,7 @@ int64_t tr_fineweb(const uint8_t* data, const int64_t* offsets, int64_t n_docs, 
       }
     }
     if (cjk) {
-      for_words(data, start, stop, true, cls, [&](int64_t, int64_t, int64_t) { ++o[6]; });
+      for_words(data, start, stop, true, cls, [&](int64_t, int64_t, int64_t, uint16_t) { ++o[6]; });
     } else {
       o[6] = treebank_tokens(data, start, stop, cls);
     }
@@ -556,7 +552,7 @@ int64_t tr_c4(const uint8_t* data, const int64_t* offsets, int64_t n_docs, const
       int64_t b = piece, e = end;
       trim(data, b, e, cls, TRIM);
       int64_t words = 0, longest = 0;
-      for_words(data, b, e, cjk, cls, [&](int64_t, int64_t, int64_t chars) {
+      for_words(data, b, e, cjk, cls, [&](int64_t, int64_t, int64_t chars, uint16_t) {
         ++words;
         longest = std::max(longest, chars);
       });
