@@ -29,7 +29,7 @@ from corpus import REPO, real_texts  # noqa: E402
 from conftest import read_jsonl  # noqa: E402
 from lid_eval_set import evaluation_rows  # noqa: E402
 
-from curation.models import lid_model_path  # noqa: E402
+from curation.stages.model_files import lid_model_path  # noqa: E402
 from curation.stage import DROP_REASON, build_stage  # noqa: E402
 
 

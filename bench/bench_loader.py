@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from curation.loader import PhaseLoader  # noqa: E402
 from curation.manifest import build_manifest  # noqa: E402
-from curation.tokenizer import pack as packing  # noqa: E402
+from curation.tokenizer import packing  # noqa: E402
 from curation.tokenizer.shards import write_shard  # noqa: E402
 
 SEQ_LEN = 2048

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from corpus import REPO, parquet_corpus, real_texts  # noqa: E402
 from measure import measure  # noqa: E402
 
-from curation.models import lid_model_path  # noqa: E402
+from curation.stages.model_files import lid_model_path  # noqa: E402
 
 
 def tokenizer_file(scratch: Path) -> Path:

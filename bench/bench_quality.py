@@ -35,8 +35,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import read_jsonl  # noqa: E402
 from junk import junk_documents, word_salad  # noqa: E402
 
-from curation.quality_models import KenlmTraining, train_classifier, train_kenlm  # noqa: E402
-from curation.stages import lm_text  # noqa: E402
+from curation.stages.quality.models import KenlmTraining, train_classifier, train_kenlm  # noqa: E402
+from curation.stages.quality import lm_text  # noqa: E402
 from curation.stages.quality import ClassifierQuality, PerplexityQuality  # noqa: E402
 
 

@@ -3,29 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from curation.config import load_pipeline, with_overrides
+from curation import manifest as mf
+from curation.config import ExecutorConfig, load_pipeline, pipeline_from_dict, with_overrides
 from curation.errors import CurationError
-from curation.executor import PipelineError, RunOptions, run_pipeline
-from curation.io import InputError, OutputError
+from curation.executor import PipelineError, RunOptions, make_backend, run_pipeline
+from curation.io import InputError, OutputError, write_json_atomic
+from curation.job import is_job, load_job, run_job
 from curation.manifest import ManifestError
-from curation.models import ModelError
-from curation.quality_models import TrainError
-from curation.tokenizer.sample import SampleError
-from curation.tokenizer.encode import EncodeError
-from curation.tokenizer.shards import ShardError
-from curation.tokenizer.train import TokenizerError
+from curation.stage import GlobalStage, registered_stages
+from curation.stages.model_files import ModelError, fetch_lid_model
+from curation.stages.quality.models import KenlmTraining, TrainError, train_classifier, train_kenlm
 from curation.stats import format_table
+from curation.tokenizer.encode import EncodeError, Encoder
+from curation.tokenizer.evaluate import evaluate
+from curation.tokenizer.export import export_megatron
+from curation.tokenizer.packed_folder import load_summary
+from curation.tokenizer.sample import SampleError, SampleSpec
+from curation.tokenizer.shards import ShardError
+from curation.tokenizer.train import CountOptions, TokenizerError, train_from_shards
 
 log = logging.getLogger("curation")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from curation.job import is_job, load_job, run_job
-
     options = RunOptions(skip_bad_shards=args.skip_bad_shards, overwrite=args.overwrite,
                          progress=not args.no_progress and sys.stderr.isatty() or args.progress)
     if is_job(args.pipeline):  # curation plus tokenizer, packing, manifest, report
@@ -46,9 +53,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_stages(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from curation.stage import GlobalStage, registered_stages
 
     for name, cls in registered_stages().items():
         kind = "global" if issubclass(cls, GlobalStage) else "batch"
@@ -66,16 +70,11 @@ def _cmd_stages(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch_models(args: argparse.Namespace) -> int:
-    from curation.models import fetch_lid_model
-
     print(f"lid model: {fetch_lid_model()}")
     return 0
 
 
 def _cmd_train_lm(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from curation.quality_models import KenlmTraining, train_classifier, train_kenlm
 
     lang_column = None if args.lang_column == "" else args.lang_column
     if args.kind == "kenlm":
@@ -99,14 +98,8 @@ def _parse_shares(text: str) -> dict[str, float]:
 
 
 def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
-    from curation.tokenizer.sample import SampleSpec
-    from curation.tokenizer.train import train_from_shards
-
     spec = SampleSpec(shares=_parse_shares(args.shares), budget_bytes=int(args.budget_mb * 1e6), seed=args.seed,
                       group_column=args.group_column, text_column=args.text_column)
-    from curation.config import ExecutorConfig
-    from curation.executor import make_backend
-    from curation.tokenizer.train import CountOptions
 
     options = CountOptions(min_count=args.min_count, max_words=args.max_words)
     # Ray only for the counting tasks: the plain (stream) trainer runs in this process alone
@@ -119,20 +112,15 @@ def _cmd_train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_tokenizer(args: argparse.Namespace) -> int:
-    from curation.tokenizer.evaluate import evaluate
-
     report = evaluate(args.tokenizer, args.held_out, baseline=not args.no_baseline)
     print(json.dumps(report, indent=2, ensure_ascii=False))
     if args.report:
-        from curation.io import write_json_atomic
 
         write_json_atomic(args.report, report)
     return 0
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from curation.config import pipeline_from_dict
-
     stage = {"name": "pack", "tokenizer": args.tokenizer, "seq_len": args.seq_len, "strategy": args.strategy,
              "window": args.window, "dtype": args.dtype, "source_column": args.source_column or None}
     if args.source:
@@ -151,11 +139,9 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         "stages": [stage],
     }, "curation pack")
     config = with_overrides(config, address=args.address)
-    from curation.tokenizer.encode import Encoder
 
     Encoder(args.tokenizer, args.dtype)  # a tokenizer that does not load fails here, before any work
     stats = run_pipeline(config, RunOptions(overwrite=args.overwrite, progress=sys.stderr.isatty()))
-    from curation.stages.pack import load_summary
 
     summary = load_summary(args.out)
     for source, entry in summary["sources"].items():
@@ -166,8 +152,6 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from curation.tokenizer.export import export_megatron
-
     written = export_megatron(args.packed, args.out)
     for prefix, docs in written.items():
         print(f"{prefix}.bin/.idx: {docs:,} documents")
@@ -175,8 +159,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_manifest(args: argparse.Namespace) -> int:
-    from curation import manifest as mf
-
     if args.action == "build":
         if not args.out:
             raise ValueError("manifest build needs --out manifest.json")
@@ -195,8 +177,6 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("curation")
     except PackageNotFoundError:

@@ -35,6 +35,13 @@ import yaml
 from curation.config import PipelineConfig, pipeline_from_dict, read_yaml, with_overrides
 from curation.executor import RunOptions, make_backend, run_pipeline
 from curation.io import write_json_atomic
+from curation.manifest import build_manifest
+from curation.report import write_report
+from curation.stages.quality.models import KenlmTraining, read_meta, train_classifier, train_kenlm
+from curation.tokenizer.encode import Encoder
+from curation.tokenizer.evaluate import bytes_per_token, evaluate
+from curation.tokenizer.sample import SampleSpec, held_out
+from curation.tokenizer.train import train_from_shards
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +84,6 @@ def is_job(path: str | Path) -> bool:
 
 
 def _train_quality_models(spec: dict[str, Any]) -> None:
-    from curation.quality_models import KenlmTraining, read_meta, train_classifier, train_kenlm
-
     folder = Path(spec["dir"])
     meta = read_meta(folder) if (folder / "quality.json").exists() else {}
     calibrate = spec.get("calibrate") or {}
@@ -97,9 +102,6 @@ def _train_quality_models(spec: dict[str, Any]) -> None:
 
 
 def _train_tokenizer(job: Job, spec: dict[str, Any], backend) -> Path:
-    from curation.tokenizer.sample import SampleSpec
-    from curation.tokenizer.train import train_from_shards
-
     target = job.out / "tokenizer" / "tokenizer.json"
     if target.exists():
         return target
@@ -115,9 +117,6 @@ def _evaluate_tokenizer(tokenizer: Path, kept: Path, max_bytes: int) -> dict[str
     """Bytes per token per group on the held-out slice of OUT/kept (never in the training sample), beside
     the same measure on the text the sample was drawn from (the tokenizer's own `evaluate`, which skips the
     held-out slice): in-sample numbers flatter the tokenizer (Chinese 5.11 against 3.12 held out)."""
-    from curation.tokenizer.encode import Encoder
-    from curation.tokenizer.evaluate import bytes_per_token, evaluate
-    from curation.tokenizer.sample import SampleSpec, held_out
 
     spec = SampleSpec(**json.loads((tokenizer.parent / "tokenizer_meta.json").read_text())["sample"])
     report = evaluate(tokenizer, [str(kept)], False)
@@ -166,8 +165,6 @@ def _pack(job: Job, tokenizer: Path, spec: dict[str, Any], options: RunOptions) 
 
 
 def _manifest(job: Job, spec: dict[str, Any]) -> Path:
-    from curation.manifest import build_manifest
-
     phases_path = job.out / "phases.yaml"
     phases_path.write_text(yaml.safe_dump({"root": "packed", **spec}, sort_keys=False))
     target = job.out / "manifest.json"
@@ -218,7 +215,6 @@ def run_job(job: Job, options: RunOptions | None = None) -> dict[str, Any]:
                 timings[name] = seconds
     write_json_atomic(previous, record)
     if s.get("report"):
-        from curation.report import write_report
 
         models = s.get("quality_models", {})
         record["report"] = str(step("report", write_report, job.out, models.get("dir"),

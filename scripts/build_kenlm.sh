@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build KenLM from the `kenlm` sdist on PyPI and cache it, so that `curation train-lm` has `lmplz` and
-# `build_binary` and the `quality` stage has its compiled batch scorer (curation/native/kenlm_scorer.cc
+# `build_binary` and the `quality` stage has its compiled batch scorer (stages/quality/kenlm_scorer.cc
 # linked against KenLM's libraries: lib/libcuration_kenlm.so). Installs the Debian build packages it
 # needs (cmake, Boost, Eigen, compression libraries) when they are missing. Idempotent: a cached build
 # of the same version is kept; the scorer is rebuilt only when its source changes (a few seconds).
@@ -12,7 +12,7 @@ BUILD="$VERSION-2"  # 2: KenLM's libraries and headers are kept for the scorer
 MAX_ORDER=7
 DEST="${CURATION_KENLM_DIR:-$HOME/.cache/curation/kenlm}"
 PYTHON="${PYTHON:-python3}"
-SCORER_SOURCE="$(cd "$(dirname "$0")/.." && pwd)/curation/native/kenlm_scorer.cc"
+SCORER_SOURCE="$(cd "$(dirname "$0")/.." && pwd)/stages/quality/kenlm_scorer.cc"
 
 install_packages() {
   local missing=()

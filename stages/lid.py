@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.models import lid_model_path
+from curation.stages.model_files import lid_model_path
 from curation.stage import TEXT, Stage, drop_rows, register_stage, set_column
 from curation.stages.lid_rules import english_evidence
 

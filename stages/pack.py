@@ -37,15 +37,14 @@ import pyarrow.parquet as pq
 
 from curation.io import InputError, write_json_atomic
 from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStage, live_mask, register_stage
-from curation.tokenizer import pack as packing
+from curation.tokenizer import packing
+from curation.tokenizer.packed_folder import SUMMARY, TAIL
 from curation.tokenizer.encode import Encoder, from_list_array
 from curation.stages.tokenize import tokens_provenance
 from curation.tokenizer.shards import ShardWriter, list_shard_names, read_meta, write_shard
 
 log = logging.getLogger(__name__)
 
-TAIL = "_tail"
-SUMMARY = "pack.json"
 _SAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
 
@@ -414,10 +413,3 @@ class Pack(GlobalStage):
     def apply(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.RecordBatch:
         return batch
 
-
-def load_summary(out: str | Path) -> dict[str, Any]:
-    path = Path(out) / SUMMARY
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path} is missing: {out} is not a finished `curation pack` output") from None

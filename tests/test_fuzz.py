@@ -18,7 +18,7 @@ from conftest import read_jsonl
 from curation.config import InputConfig
 from curation.io import InputError, list_shards, read_shard
 from curation.stage import build_stage
-from curation.stages import lm_text
+from curation.stages.quality import lm_text
 
 # Text as crawls deliver it: any code point but surrogates, NUL and control characters included.
 TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=400)

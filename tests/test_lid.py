@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import read_jsonl
-from curation.models import ModelError, lid_model_path
+from curation.stages.model_files import ModelError, lid_model_path
 from curation.stage import DROP_REASON, build_stage
 
 

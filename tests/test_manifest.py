@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from curation.cli import main as cli_main
 from curation.manifest import ManifestError, build_manifest, load_manifest, sequence_order, validate
-from curation.tokenizer import pack as packing
+from curation.tokenizer import packing
 from curation.tokenizer.shards import ShardError, write_shard
 
 torch = pytest.importorskip("torch")

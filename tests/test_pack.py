@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conftest import DATA, read_jsonl
 from curation.cli import main as cli_main
-from curation.tokenizer import pack as packing
+from curation.tokenizer import packing
 from curation.tokenizer.encode import EncodeError, Encoder
 from curation.tokenizer.shards import ShardError, open_shard
 from curation.tokenizer.train import train_tokenizer

@@ -16,8 +16,8 @@ from junk import junk_documents, word_salad
 from curation.cli import main as cli_main
 from curation.config import pipeline_from_dict
 from curation.executor import RunOptions, run_pipeline
-from curation.models import ModelError
-from curation.quality_models import KenlmTraining, TrainError, kenlm_binaries, train_classifier, train_kenlm
+from curation.stages.model_files import ModelError
+from curation.stages.quality.models import KenlmTraining, TrainError, kenlm_binaries, train_classifier, train_kenlm
 from curation.stages.quality import ClassifierQuality, PerplexityQuality
 
 
@@ -178,7 +178,7 @@ def test_model_errors_say_what_to_do(tmp_path, english):
     # a model file changed after training (here: the classifier replaced by another fastText file)
     tampered = tmp_path / "tampered"
     shutil.copytree(english["models"], tampered)
-    from curation.models import lid_model_path
+    from curation.stages.model_files import lid_model_path
 
     shutil.copy(lid_model_path(), tampered / "en.classifier.bin")
     with pytest.raises(ModelError, match="does not match the sha256"):

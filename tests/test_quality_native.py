@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import DATA, read_jsonl
-from curation import kenlm_native
-from curation.models import ModelError
-from curation.quality_models import KenlmTraining, kenlm_binaries, train_kenlm
-from curation.stages import lm_text
+from curation.stages.quality import native as kenlm_native
+from curation.stages.model_files import ModelError
+from curation.stages.quality.models import KenlmTraining, kenlm_binaries, train_kenlm
+from curation.stages.quality import lm_text
 from curation.stages.quality import PerplexityQuality
 
 

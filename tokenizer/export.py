@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from curation.stages.pack import TAIL, load_summary
+from curation.tokenizer.packed_folder import TAIL, load_summary
 from curation.tokenizer.shards import ShardError, open_shard
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.tokenizer.pack import Packed
+from curation.tokenizer.packing import Packed
 
 FORMAT = "curation-packed"
 VERSION = 1

@@ -28,14 +28,10 @@ import pyarrow.compute as pc
 
 from curation.config import InputConfig
 from curation.io import list_shards, read_shard, write_json_atomic
-from curation.models import ModelError, sha256_of
+from curation.stages.model_files import ModelError, sha256_of
+from curation.stages.quality import lm_text
+from curation.stages.text_rules import CJK_LANGUAGES
 
-
-def _text():
-    """The stages' text helpers (imported late: `curation.stages` imports this module)."""
-    from curation.stages import lm_text, text_rules
-
-    return lm_text, text_rules.CJK_LANGUAGES
 
 META = "quality.json"
 KENLM_MAGIC = b"mmap lm http://kheafield.com/code"
@@ -160,7 +156,6 @@ class Unigrams:
 
     def line_log10p(self, line_array: pa.Array) -> np.ndarray:
         """Sum of unigram log10 probabilities per line, `</s>` included."""
-        lm_text, _ = _text()
         words, parent = lm_text.tokens(line_array)
         index = pc.fill_null(pc.index_in(words, value_set=self.words), -1).to_numpy(zero_copy_only=False)
         per_token = self.log10p[index]  # -1 picks the out-of-vocabulary value at the end
@@ -177,7 +172,6 @@ class DocumentScores:
 def score_documents(model, normalised: pa.Array, unigrams: Unigrams | None = None) -> DocumentScores:
     """KenLM scores of normalised documents through the `kenlm` module; each line a sentence with <s>
     and </s>, as CCNet does."""
-    lm_text, _ = _text()
     line_array, parent = lm_text.lines(normalised)
     score = model.score
     # bytes, not str: KenLM encodes every str to UTF-8 itself (13% of its time, measured)
@@ -194,7 +188,7 @@ def score_documents(model, normalised: pa.Array, unigrams: Unigrams | None = Non
 
 
 def score_native(scorer, text: pa.Array, cjk: bool, lm_score: bool, per_line: bool) -> DocumentScores:
-    """The same scores from the compiled scorer (`curation.kenlm_native`), on raw text."""
+    """The same scores from the compiled scorer (`curation.stages.quality.native`), on raw text."""
     lp, words, unigram_lp, lines = scorer.score(text, cjk, per_line)
     return _document_scores(lp, words, unigram_lp if lm_score else None, lines)
 
@@ -232,7 +226,7 @@ def train_kenlm(job: KenlmTraining) -> dict:
     """Train a KenLM model of `order` on the gold inputs; write LANG.kenlm.binary and its quality.json entry."""
     import kenlm
 
-    lm_text, cjk_languages = _text()
+    cjk_languages = CJK_LANGUAGES
     lmplz, build_binary = kenlm_binaries()
     cjk = job.lang in cjk_languages
     job.out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +304,6 @@ def train_kenlm(job: KenlmTraining) -> dict:
 
 def _classifier_lines(inputs: list[str], lang: str, label: str, text_column: str, lang_column: str | None,
                       cjk: bool, limit: int | None) -> list[str]:
-    lm_text, _ = _text()
     out: list[str] = []
     for text in _gold_texts(inputs, lang, text_column, lang_column):
         one_line = pc.replace_substring(lm_text.normalise(text, cjk, lower=False), "\n", LINE_BREAK)
@@ -323,7 +316,6 @@ def _classifier_lines(inputs: list[str], lang: str, label: str, text_column: str
 def classifier_text(text: pa.Array, cjk: bool) -> list[str]:
     """What the classifier reads: the normalised document on one line, line breaks as a token (how a
     page is cut into lines tells menus and fragments from prose)."""
-    lm_text, _ = _text()
     return pc.replace_substring(lm_text.normalise(text, cjk, lower=False), "\n", LINE_BREAK).to_pylist()
 
 
@@ -333,7 +325,7 @@ def train_classifier(lang: str, positive: list[str], negative: list[str], out: P
     """fastText supervised classifier, gold (`hq`) versus web (`lq`), classes balanced by truncation."""
     import fasttext
 
-    lm_text, cjk_languages = _text()
+    cjk_languages = CJK_LANGUAGES
     cjk = lang in cjk_languages
     started = time.perf_counter()
     pos = _classifier_lines(positive, lang, "hq", text_column, lang_column, cjk, None)

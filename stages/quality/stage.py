@@ -23,12 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.models import ModelError, check_fasttext_file
-from curation import kenlm_native
-from curation.quality_models import (Unigrams, check_kenlm_binary, check_unchanged, classifier_text, read_meta, score_documents,
+from curation.stages.model_files import ModelError, check_fasttext_file
+from curation.stages.quality import native as kenlm_native
+from curation.stages.quality.models import (Unigrams, check_kenlm_binary, check_unchanged, classifier_text, read_meta, score_documents,
                                      score_native)
 from curation.stage import TEXT, Stage, drop_rows, live_mask, register_stage, set_column
-from curation.stages import lm_text
+from curation.stages.quality import lm_text
 
 BUCKETS = ("head", "middle", "tail")
 
@@ -78,7 +78,7 @@ class PerplexityQuality(_PerLanguage):
         min_lm_score: float | None = None
         lm_score: bool = True  # false: perplexity only, about 1.3x faster (bench/bench_quality.py)
         paragraph_ppl: bool = False  # also `paragraph_ppl`: one value per non-empty line
-        # "native": the compiled batch scorer built by scripts/build_kenlm.sh (curation.kenlm_native);
+        # "native": the compiled batch scorer built by scripts/build_kenlm.sh (curation.stages.quality.native);
         # "python": the `kenlm` module, line by line; "auto": native where it is built
         scorer: str = "auto"
 

@@ -1,5 +1,5 @@
-"""The compiled batch scorer (`curation/native/kenlm_scorer.cc`): KenLM scores of a whole Arrow array of
-raw documents in one call, the normalisation of `curation.stages.lm_text` done on the way.
+"""The compiled batch scorer (`stages/quality/kenlm_scorer.cc`): KenLM scores of a whole Arrow array of
+raw documents in one call, the normalisation of `curation.stages.quality.lm_text` done on the way.
 
 `scripts/build_kenlm.sh` builds it beside `lmplz` (CURATION_KENLM_DIR/lib/libcuration_kenlm.so, by
 default under ~/.cache/curation/kenlm). Where it has not been built the `quality` stage scores through
@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from curation.stages.quality import lm_text
 
 LIBRARY = "libcuration_kenlm.so"
 SPACE, PUNCT, CJK = 1, 2, 4
@@ -54,8 +56,6 @@ def library() -> ctypes.CDLL | None:
 @functools.cache
 def unicode_tables() -> tuple[np.ndarray, np.ndarray]:
     """(flags per code point: SPACE | PUNCT | CJK, lower-case code point per code point), from Arrow."""
-    from curation.stages import lm_text
-
     points = np.concatenate([np.arange(0, 0xD800), np.arange(0xE000, 0x110000)]).astype(np.uint32)
     # one code point per string, built from the UTF-32 bytes in one go
     chars = pa.array(np.frombuffer(points.astype("<u4").tobytes(), dtype="<U1"), pa.string())

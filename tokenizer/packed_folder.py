@@ -1,0 +1,21 @@
+"""The layout of a `curation pack` output folder: a folder of token shards per source
+(`<source>/<input shard>.{bin,index.parquet,json}`, see shards.py), the source's `_tail` shard that packs
+every input shard's last partial sequence, and `pack.json` listing every shard (written last: its
+presence means the packing is complete). Read by the pack stage, the Megatron export and the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+TAIL = "_tail"
+SUMMARY = "pack.json"
+
+
+def load_summary(out: str | Path) -> dict[str, Any]:
+    path = Path(out) / SUMMARY
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing: {out} is not a finished `curation pack` output") from None
