@@ -355,6 +355,11 @@ def _normalise(batch: pa.RecordBatch, shard: Shard, config: InputConfig, row_off
         if ids.null_count:
             row = row_offset + pc.index(pc.is_null(ids), True).as_py()
             raise InputError(f"{shard.path}: {where(shard, row)}: id column {config.id_column!r} is null")
+        try:
+            ids.validate(full=True)  # invalid UTF-8 (a damaged or unsafely cast Parquet column)
+        except pa.ArrowInvalid:
+            row = row_offset + _first_invalid_utf8(ids)
+            raise InputError(f"{shard.path}: {where(shard, row)}: id is not valid UTF-8") from None
     else:
         ids = pa.array([f"{shard.name}:{row_offset + i}" for i in range(batch.num_rows)], pa.string())
 
