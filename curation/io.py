@@ -417,10 +417,10 @@ class DuplicateIds:
             self.runs[-1] = np.union1d(self.runs[-1], last)
 
     def check(self, batch: pa.RecordBatch, row_offset: int) -> pa.RecordBatch:
-        import pandas as pd
+        import pandas as pd  # pandas (40 MB) only in processes that read input, not the driver
 
         ids = batch.column(ID).to_numpy(zero_copy_only=False).astype(object)
-        hashes = pd.util.hash_array(ids, categorize=False)
+        hashes = pd.util.hash_array(ids, categorize=False)  # ids are valid UTF-8 here (_normalise checks)
         order = np.argsort(hashes, kind="stable")
         repeats = np.zeros(len(ids), bool)
         repeats[order[1:]] = hashes[order[1:]] == hashes[order[:-1]]  # later rows of an id repeated in the batch
