@@ -184,3 +184,31 @@ def test_kill_9_halfway_then_rerun_gives_identical_output(tmp_path, data_dir, ki
     resumed_stats = json.loads((tmp_path / "killed" / "stats.json").read_text())
     assert resumed_stats["output"] == clean_stats["output"]
     assert resumed_stats["input"] == clean_stats["input"]
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_progress_within_a_single_large_shard(tmp_path, kind, ray_instance):
+    """One big input file: the progress bar hears how far into it the run is, not only when it ends."""
+    import gzip as gz
+
+    from curation.config import ExecutorConfig
+    from curation.executor import make_backend
+    from curation.io import list_shards
+    from curation.pipeline import Layout, ShardProcessor, plan_segments
+    from curation.stage import build_stage
+
+    path = tmp_path / "lingua.jsonl.gz"
+    with gz.open(path, "wt", encoding="utf-8") as handle:
+        for i, row in enumerate(read_jsonl("lid_lingua_75lang.jsonl.gz")):
+            handle.write(json.dumps({"id": str(i), "text": row["text"]}, ensure_ascii=False) + "\n")
+    config = pipeline_from_dict({**make_config(tmp_path, tmp_path / "o", kind, stages=[{"name": "gopher_repetition"}]),
+                                 "input": {"path": [str(path)], "block_bytes": 256 << 10}})
+    (shard,) = list_shards(config.input)
+    segment = plan_segments([build_stage(s) for s in config.stages])[0]
+    processor = ShardProcessor(segment, config.input, Layout(tmp_path / "o"), "zstd")
+    heard: list[int] = []
+    with make_backend(ExecutorConfig(kind=kind)) as backend:
+        results = list(backend.map_shards(processor, [shard], progress=lambda p, position: heard.append(position)))
+    assert "stats" in results[0][1]
+    assert len(heard) >= 3, heard  # several reports before the shard finished
+    assert heard == sorted(heard) and 0 < heard[0] < shard.size and heard[-1] <= shard.size
