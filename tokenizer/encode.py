@@ -44,9 +44,10 @@ UINT16_LIMIT = 1 << 16
 # Texts are encoded in pieces of about this many characters. tokenizers keeps an Encoding per document
 # (token strings, offsets, masks: about 100 bytes a token), so a 4 MiB batch at once peaked at +110 MB;
 # in 64K-character pieces +13 MB, and no slower on one thread (measured on the shared text). fastokens
-# returns 4 bytes a token and no objects; on one thread it is as fast in these pieces as in 1 MiB ones
-# (16.9x and 16.6x tokenizers' encode_batch, bench/results/tokenizer_encode.json).
+# returns 4 bytes a token and no objects, and on one thread its 1 MiB pieces took 15-20% less CPU than
+# 64K ones (median of 6 interleaved rounds on 2.8 M characters of the shared text; 4 MiB: no better).
 ENCODE_CHUNK_CHARS = 64_000
+FAST_CHUNK_CHARS = 1 << 20
 
 
 class EncodeError(ValueError):
@@ -122,8 +123,9 @@ class Encoder:
             # read once per process, at fastokens' first encode: an actor's one thread holds for it too
             os.environ.setdefault("FASTOKENS_BPE_THREADS", os.environ["RAYON_NUM_THREADS"])
         try:
-            # from_json_str, not from_file: from_file also reads a tokenizer_config.json beside the
-            # file (train-tokenizer writes one for transformers), which tokenizers never does
+            # the bytes already read and hashed, as tokenizers got them (not from_file: what it may
+            # read beside the file, such as the tokenizer_config.json written for transformers, is
+            # fastokens' business and tokenizers never reads it)
             fast = fastokens.Tokenizer.from_json_str(self._json)
         except Exception as exc:  # an unsupported model, normalizer, pre-tokenizer or regex
             return None, f"fastokens cannot load {self.path.name}: {type(exc).__name__}: {exc}"
@@ -160,11 +162,11 @@ class Encoder:
     def encode(self, texts: pa.Array | list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(values, offsets) of the documents' token ids; no special tokens are added, and special
         tokens' text in a document is encoded as text. Encoded in pieces of about ENCODE_CHUNK_CHARS
-        characters, to bound memory."""
+        characters (FAST_CHUNK_CHARS with fastokens), to bound memory."""
         if isinstance(texts, (pa.Array, pa.ChunkedArray)):
             texts = texts.to_pylist()
         texts = ["" if t is None else t for t in texts]
-        limit = ENCODE_CHUNK_CHARS
+        limit = FAST_CHUNK_CHARS if self._fast is not None else ENCODE_CHUNK_CHARS
         lengths_parts, value_parts = [], []
         start = 0
         while start < len(texts):
