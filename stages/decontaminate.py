@@ -62,6 +62,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.stage import TEXT, Stage, drop_rows, live_mask, register_stage, set_column
 from curation.stages.gopher_quality import STOP_WORDS_CJK
 from curation.stages.ngram_index import NgramIndex, TokenStream, token_hasher, tokenize
@@ -117,21 +118,13 @@ class Items:
 
 
 def _open(path: str):
-    if "://" in path:
-        import pyarrow.fs as pafs
-
-        try:
-            fs, inner = pafs.FileSystem.from_uri(path)
-            stream = fs.open_input_stream(inner)
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise EvalFileError(f"evaluation file {path}: cannot open it ({exc})") from None
-    else:
-        try:
-            stream = open(path, "rb")
-        except FileNotFoundError:
-            raise EvalFileError(f"evaluation file not found: {path}") from None
-        except OSError as exc:
-            raise EvalFileError(f"evaluation file {path}: cannot open it ({exc.strerror})") from None
+    """A local path or a URI (s3://, gs://, ...), through the engine's one filesystem layer."""
+    try:
+        stream = storage.open_binary(path)
+    except FileNotFoundError:
+        raise EvalFileError(f"evaluation file not found: {path}") from None
+    except OSError as exc:  # StorageError included: it names the store, never a secret
+        raise EvalFileError(f"evaluation file {path}: cannot open it ({exc})") from None
     return gzip.GzipFile(fileobj=stream) if path.lower().endswith(".gz") else stream
 
 

@@ -69,7 +69,7 @@ class LanguageID(Stage):
             object.__setattr__(self, "routes", {k: tuple(v) for k, v in self.routes.items()})
 
     def setup(self) -> None:
-        import fasttext
+        import fasttext  # the optional `lid` extra, loaded in the worker that predicts
 
         path = lid_model_path(self.config.model_path)
         fasttext.FastText.eprint = lambda *args, **kwargs: None  # its load warning is noise here

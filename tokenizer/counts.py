@@ -70,7 +70,7 @@ def _spill(counts: Counter, job: CountJob, name: str) -> None:
 
 def count_shard(args: tuple[str, int, CountJob]) -> dict[str, int]:
     """Count task: pre-tokens of the sampled documents of one input shard."""
-    import regex
+    import regex  # in the counting tasks only: the driver never splits pre-tokens
 
     path, shard_index, job = args
     split = regex.compile(job.pattern)

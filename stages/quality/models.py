@@ -25,6 +25,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curation.config import InputConfig
 from curation.io import list_shards, read_shard, write_json_atomic
@@ -138,8 +139,6 @@ class Unigrams:
         return cls(words, np.log10((freq + 0.5) / (total + 0.5 * vocab)), float(np.log10(0.5 / (total + 0.5 * vocab))))
 
     def save(self, path: Path) -> None:
-        import pyarrow.parquet as pq
-
         table = pa.table({"word": self.words, "log10p": self.log10p[:-1]})
         table = table.replace_schema_metadata({"oov_log10p": str(self.oov)})
         tmp = path.with_suffix(".tmp")
@@ -148,8 +147,6 @@ class Unigrams:
 
     @classmethod
     def load(cls, path: Path) -> "Unigrams":
-        import pyarrow.parquet as pq
-
         table = pq.read_table(path)
         return cls(table.column("word").combine_chunks(), table.column("log10p").to_numpy(),
                    float(table.schema.metadata[b"oov_log10p"]))
@@ -224,7 +221,7 @@ def _holdout_every(job: KenlmTraining) -> int:
 
 def train_kenlm(job: KenlmTraining) -> dict:
     """Train a KenLM model of `order` on the gold inputs; write LANG.kenlm.binary and its quality.json entry."""
-    import kenlm
+    import kenlm  # the optional `quality` extra: only `train-lm` needs it here
 
     cjk_languages = CJK_LANGUAGES
     lmplz, build_binary = kenlm_binaries()
@@ -323,7 +320,7 @@ def train_classifier(lang: str, positive: list[str], negative: list[str], out: P
                      lang_column: str | None = "lang", epoch: int = 10, word_ngrams: int = 2, dim: int = 64,
                      negative_lang_column: str | None = None) -> dict:
     """fastText supervised classifier, gold (`hq`) versus web (`lq`), classes balanced by truncation."""
-    import fasttext
+    import fasttext  # the optional `quality` extra: only `train-lm --kind classifier` needs it
 
     cjk_languages = CJK_LANGUAGES
     cjk = lang in cjk_languages

@@ -93,7 +93,7 @@ class PerplexityQuality(_PerLanguage):
                 raise ValueError("scorer must be 'auto', 'native' or 'python'")
 
     def setup(self) -> None:
-        import kenlm
+        import kenlm  # the optional `quality` extra, loaded in the worker that scores
 
         native = self.config.scorer != "python" and kenlm_native.library() is not None
         if self.config.scorer == "native" and not native:
@@ -179,7 +179,7 @@ class ClassifierQuality(_PerLanguage):
         min_score: float | None = None
 
     def setup(self) -> None:
-        import fasttext
+        import fasttext  # the optional `quality` extra, loaded in the worker that scores
 
         meta = read_meta(self.config.model_dir).get("classifier", {})
         if not meta:
