@@ -8,7 +8,7 @@ datatrove runs in .venv-bench (its dependencies clash with ours), in a subproces
     .venv/bin/python bench/bench_rules.py --kernels [--rounds 3]
 
 measures each rule stage alone, CPU-seconds per MB of text over all nine shared/data files, with the
-compiled kernels (curation/native/text_rules.cc) and with the numpy path, in alternating rounds of one
+compiled kernels (stages/text_rules.cc) and with the numpy path, in alternating rounds of one
 run (bench/results/rules_kernels.json).
 """
 
@@ -128,7 +128,7 @@ def prose_kept(folder: Path) -> dict:
 def kernels(rounds: int) -> dict:
     from conftest import DATA
 
-    from curation import rules_native
+    from curation.stages import text_rules_native as rules_native
     from curation.stages import text_rules
 
     rows = []

@@ -66,9 +66,9 @@ if [[ "$(cat "$DEST/lib/scorer.sha256" 2>/dev/null)" != "$stamp" || ! -f "$DEST/
   echo "kenlm: scorer $DEST/lib/libcuration_kenlm.so"
 fi
 
-# The rule stages' kernels (curation/native/text_rules.cc): no KenLM, only g++; rebuilt when the source
-# changes. Without them the rule stages compute the same decisions in numpy (curation/rules_native.py).
-RULES_SOURCE="$(cd "$(dirname "$0")/.." && pwd)/curation/native/text_rules.cc"
+# The rule stages' kernels (stages/text_rules.cc): no KenLM, only g++; rebuilt when the source
+# changes. Without them the rule stages compute the same decisions in numpy (stages/text_rules_native.py).
+RULES_SOURCE="$(cd "$(dirname "$0")/.." && pwd)/stages/text_rules.cc"
 stamp="$(sha256sum "$RULES_SOURCE" | cut -c1-16)"
 if [[ "$(cat "$DEST/lib/rules.sha256" 2>/dev/null)" != "$stamp" || ! -f "$DEST/lib/libcuration_rules.so" ]]; then
   install_packages g++

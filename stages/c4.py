@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation import rules_native
+from curation.stages import text_rules_native as rules_native
 from curation.stage import TEXT, register_stage, set_column
 from curation.stages import text_rules as tr
 from curation.stages.rule_stage import RuleStage

@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation import rules_native
+from curation.stage import TEXT, drop_rows, live_mask
+from curation.stages import text_rules_native as rules_native
 
 CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"
 CJK_LANGUAGES = ("zh", "ja")
@@ -165,7 +166,7 @@ def ngram_stats(word_tokens: Tokens, word_ids: np.ndarray, word_lengths: np.ndar
     Hashes grow one word at a time (64-bit, so collisions are negligible), and counting uses a hash
     table (`pandas.factorize`) rather than a sort.
     """
-    import pandas as pd
+    import pandas as pd  # pandas (40 MB) in the workers that run the rules, never the driver
 
     n_docs, n_words = word_tokens.n_docs, len(word_ids)
     parent = word_tokens.parent
@@ -497,8 +498,6 @@ def fineweb_counts(text: pa.Array, cjk: np.ndarray, terminal_punctuation: tuple[
 
 def rows_to_check(batch: pa.RecordBatch, languages: tuple[str, ...] | None) -> np.ndarray:
     """Indices of the live rows a rule stage looks at (those in `languages`, when given)."""
-    from curation.stage import live_mask
-
     mask = to_numpy_bool(live_mask(batch))
     if languages is not None and "lang" in batch.schema.names:
         mask &= to_numpy_bool(pc.is_in(batch.column("lang"), value_set=pa.array(list(languages), pa.string())))
@@ -517,8 +516,6 @@ class Selected:
 def select_rows(batch: pa.RecordBatch, languages: tuple[str, ...] | None,
                 cjk_languages: tuple[str, ...]) -> Selected | None:
     """The live rows in `languages` (None when there are none), their text and CJK flags."""
-    from curation.stage import TEXT
-
     rows = rows_to_check(batch, languages)
     if len(rows) == 0:
         return None
@@ -536,8 +533,6 @@ def first_reason(checks: list[tuple[str, np.ndarray]], n: int) -> np.ndarray:
 
 
 def apply_reasons(batch: pa.RecordBatch, rows: np.ndarray, reasons: np.ndarray) -> pa.RecordBatch:
-    from curation.stage import drop_rows
-
     full = np.full(batch.num_rows, None, dtype=object)
     full[rows] = reasons
     array = pa.array(full.tolist(), pa.string())

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import read_jsonl
-from curation import rules_native
+from curation.stages import text_rules_native as rules_native
 from curation.stage import DROP_REASON, build_stage
 from curation.stages import text_rules as tr
 

@@ -1,4 +1,4 @@
-"""The compiled document-rule kernels (tr_quality, tr_fineweb, tr_c4 in curation/native/text_rules.cc)
+"""The compiled document-rule kernels (tr_quality, tr_fineweb, tr_c4 in stages/text_rules.cc)
 against the numpy path they replace: the same counts, reasons and rewritten text on real shared text,
 on strings at the edges of the Unicode classes, and under non-default c4 options."""
 
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import read_jsonl
-from curation import rules_native
+from curation.stages import text_rules_native as rules_native
 from curation.stage import build_stage
 from curation.stages import c4
 from curation.stages import text_rules as tr

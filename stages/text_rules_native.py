@@ -1,4 +1,4 @@
-"""The compiled kernels of the rule stages (`curation/native/text_rules.cc`), loaded with ctypes.
+"""The compiled kernels of the rule stages (`stages/text_rules.cc`), loaded with ctypes.
 
 `scripts/build_kenlm.sh` builds the library beside the KenLM scorer (CURATION_KENLM_DIR/lib/
 libcuration_rules.so, by default under ~/.cache/curation/kenlm). Where it is missing, or where
