@@ -138,7 +138,7 @@ def lsh_params(threshold: float, num_perm: int, fp_weight: float, fn_weight: flo
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch.MinHash's permutations (a, b) for `num_perm` and `seed`, as uint32 (affine32)."""
-    from datasketch import MinHash
+    from datasketch import MinHash  # where the stage is built only: workers need no datasketch/scipy (45 MB)
 
     a, b = MinHash(num_perm=num_perm, seed=seed).permutations
     return np.asarray(a, np.uint32), np.asarray(b, np.uint32)
@@ -338,15 +338,20 @@ def _bucket_edges(args: tuple[str, str, int, int, int, bool]) -> int:
     if not verify:
         write_undirected(src, dst, edges_dir, f"bucket-{partition:04d}", partitions)
         return len(src)
-    shard = dst >> ROW_BITS
+    _write_by_shard(src, dst, dst >> ROW_BITS, edges_dir, "dst", partition)
+    return len(src)
+
+
+def _write_by_shard(src: np.ndarray, dst: np.ndarray, shard: np.ndarray, folder: str, kind: str, partition: int) -> None:
+    """Edges (src, dst) split by `shard` into one file per shard under `folder`, for the per-shard steps
+    that read only their own shard's edges."""
     order = np.argsort(shard, kind="stable")
     src, dst, shard = src[order], dst[order], shard[order]
     for lo, hi in _runs(shard):
-        writer = AtomicParquetWriter(os.path.join(_shard_dir(edges_dir, "dst", int(shard[lo])), f"p{partition:04d}.parquet"),
+        writer = AtomicParquetWriter(os.path.join(_shard_dir(folder, kind, int(shard[lo])), f"p{partition:04d}.parquet"),
                                      schema=EDGE_SCHEMA)
         writer.write(pa.table({"src": src[lo:hi], "dst": dst[lo:hi]}))
         writer.commit()
-    return len(src)
 
 
 def _attach_dst_signatures(args: tuple[int, str, str, str, str]) -> int:
@@ -400,14 +405,7 @@ def _root_shard_of_stars(args: tuple[str, int, str]) -> int:
     written split by the shard of the root, whose spilled rows hold the root's id."""
     star_dir, partition, by_root_dir = args
     leaf, root = read_keyed(star_dir, partition)
-    shard = root >> ROW_BITS
-    order = np.argsort(shard, kind="stable")
-    leaf, root, shard = leaf[order], root[order], shard[order]
-    for lo, hi in _runs(shard):
-        writer = AtomicParquetWriter(os.path.join(_shard_dir(by_root_dir, "root", int(shard[lo])), f"p{partition:04d}.parquet"),
-                                     schema=EDGE_SCHEMA)
-        writer.write(pa.table({"src": leaf[lo:hi], "dst": root[lo:hi]}))
-        writer.commit()
+    _write_by_shard(leaf, root, root >> ROW_BITS, by_root_dir, "root", partition)
     return len(leaf)
 
 
