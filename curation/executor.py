@@ -513,6 +513,10 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
             finished = layout.finished(segment, shards)
             todo = [s for s in shards if s.index not in bad and s.index not in finished]
             if todo:
+                if segment.is_last:
+                    # Files written now have not been given the union schema: that step runs again
+                    # (it rewrites only files that differ, so the others keep their bytes).
+                    storage.delete(storage.join(layout.state, "one_schema.json"))
                 _run_segment(backend, segment, todo, config, layout, bad, options, len(segments))
             if segment.keys_for:
                 _run_aggregate(backend, segment, shards, layout, bad)

@@ -1,0 +1,301 @@
+"""Object storage through curation.storage, against a real S3-compatible HTTP server (moto's, started
+here on 127.0.0.1 with its own bucket): globbing, whole-or-nothing publishing, runs with input and
+output in the bucket on both executors (same bytes as on local disk), resumption, worker kills, and
+errors that name the location."""
+
+from __future__ import annotations
+
+import glob as std_glob
+import hashlib
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import read_jsonl, write_jsonl, write_parquet
+from curation import storage
+from curation.config import InputConfig, pipeline_from_dict
+from curation.executor import PipelineError, RunOptions, run_pipeline
+from curation.io import AtomicParquetWriter, InputError, list_shards
+
+BATCH_STAGES = [{"name": "lid"}, {"name": "gopher_quality"}, {"name": "c4"}, {"name": "fineweb"}, {"name": "pii"}]
+STORE_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                   "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A real S3 endpoint on 127.0.0.1 (moto's server: HTTP, signatures, multipart uploads), with the
+    store's usual environment pointing at it for the module, restored afterwards."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved = {k: os.environ.get(k) for k in STORE_VARIABLES}
+    for key in STORE_VARIABLES:
+        os.environ.pop(key, None)
+    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="test-key-id",
+                      AWS_SECRET_ACCESS_KEY="test-secret-never-printed", AWS_DEFAULT_REGION="us-east-1")
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture()
+def bucket(s3_server, request):
+    """A fresh bucket per test, named after it."""
+    name = "t-" + hashlib.sha256(request.node.name.encode()).hexdigest()[:20]
+    admin = pafs.S3FileSystem(endpoint_override=s3_server, scheme="http", allow_bucket_creation=True)
+    admin.create_dir(name)
+    return f"s3://{name}"
+
+
+def keys_in(uri: str) -> list[str]:
+    """Every key under a prefix, as a plain client lists them."""
+    return [e.relative for e in storage.list_files(uri)]
+
+
+def upload_folder(folder, uri: str) -> None:
+    for path in sorted(folder.iterdir()):
+        storage.write_bytes(storage.join(uri, path.name), path.read_bytes())
+
+
+def digest_uri(folder: str) -> dict[str, str]:
+    return {e.relative: hashlib.sha256(storage.read_bytes(e.location)).hexdigest()
+            for e in storage.list_files(folder) if e.relative.endswith(".parquet")}
+
+
+def digest_local(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))}
+
+
+def run(input_path: str, out: str, kind: str, stages=BATCH_STAGES, **options):
+    raw = {"input": {"path": [input_path]}, "output": {"path": out}, "executor": {"kind": kind, "max_retries": 100},
+           "stages": stages}
+    return run_pipeline(pipeline_from_dict(raw), RunOptions(progress=False, **options))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Six input shards of real text in JSONL, gzip JSONL and Parquet."""
+    folder = tmp_path_factory.mktemp("input")
+    write_jsonl(folder / "a_gum.jsonl", read_jsonl("en_gum_docs.jsonl.gz", 60))
+    write_jsonl(folder / "b_msra.jsonl.gz", read_jsonl("zh_msra_news.jsonl.gz", 300), compress=True)
+    write_parquet(folder / "c_reviews.parquet", read_jsonl("zh_reviews.jsonl.gz", 800))
+    write_jsonl(folder / "d_code.jsonl", read_jsonl("code_humanevalx_linux.jsonl.gz", 100))
+    write_parquet(folder / "e_wiki.parquet", read_jsonl("en_wikitext2_valid_test.jsonl.gz", 40))
+    write_jsonl(folder / "f_web.jsonl.gz", [r for r in read_jsonl("web_commoncrawl_samples.jsonl.gz", 300) if r["text"]],
+                compress=True)
+    return folder
+
+
+# --- the layer itself -------------------------------------------------------------------------------
+
+
+def test_glob_on_the_store_matches_glob_on_disk(bucket, tmp_path):
+    """The store's glob (one listing of the prefix) selects what glob.glob selects on the same tree."""
+    names = ["a.jsonl", "b.jsonl.gz", "c.parquet", "sub/d.jsonl", "sub/deeper/e.jsonl", ".hidden.jsonl", "ab.txt"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+        storage.write_bytes(f"{bucket}/tree/{name}", name.encode())
+    for pattern in ["*.jsonl", "*.jsonl*", "*", "sub/*.jsonl", "**/*.jsonl", "a?.txt", "[ab].*", "sub/**"]:
+        on_disk = sorted(os.path.relpath(p, tmp_path) for p in std_glob.glob(str(tmp_path / pattern), recursive=True)
+                         if os.path.isfile(p))
+        on_store = sorted(e.location[len(f"{bucket}/tree/"):] for e in storage.glob(f"{bucket}/tree/{pattern}"))
+        assert on_store == on_disk, pattern
+    sizes = {e.relative: e.size for e in storage.list_files(f"{bucket}/tree")}
+    assert sizes["sub/deeper/e.jsonl"] == len(b"sub/deeper/e.jsonl")
+
+
+def test_a_write_is_invisible_until_commit_and_abort_leaves_no_key(bucket):
+    target = f"{bucket}/out/kept/part-00000.parquet"
+    writer = AtomicParquetWriter(target)
+    writer.write(pa.record_batch({"a": list(range(1000))}))
+    assert keys_in(f"{bucket}/out") == []  # nothing in the bucket while it is written
+    writer.abort()
+    assert keys_in(f"{bucket}/out") == [] and not writer.tmp_path.exists()
+    writer = AtomicParquetWriter(target)
+    writer.write(pa.record_batch({"a": list(range(1000))}))
+    writer.commit()
+    assert keys_in(f"{bucket}/out") == ["kept/part-00000.parquet"] and not writer.tmp_path.exists()
+    assert pq.read_table(storage.open_input(target)).column("a").to_pylist() == list(range(1000))
+
+    def fails(handle):
+        handle.write(b"half of it")
+        raise RuntimeError("the writer failed midway")
+
+    with pytest.raises(RuntimeError, match="midway"):
+        storage.publish(f"{bucket}/out/stats.json", fails)
+    assert keys_in(f"{bucket}/out") == ["kept/part-00000.parquet"]
+
+
+def test_a_large_object_goes_up_as_a_multipart_upload_whole(bucket):
+    """Over pyarrow's part size the upload is multipart: the object is still the whole file."""
+    data = os.urandom(23 * 1024 * 1024)
+    storage.write_bytes(f"{bucket}/big.bin", data)
+    assert storage.size(f"{bucket}/big.bin") == len(data)
+    assert hashlib.sha256(storage.read_bytes(f"{bucket}/big.bin")).digest() == hashlib.sha256(data).digest()
+
+
+def test_errors_name_the_location_and_endpoint_never_the_secret(bucket, monkeypatch):
+    with pytest.raises(InputError, match=r"input file not found: s3://.*/nothing.jsonl"):
+        list_shards(InputConfig(path=(f"{bucket}/nothing.jsonl",)))
+    with pytest.raises(storage.StorageError, match=r"s3://no-such-bucket-here/x.json: cannot .*bucket") as missing:
+        storage.write_json("s3://no-such-bucket-here/x.json", {"a": 1})
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    with pytest.raises(storage.StorageError, match=rf"{bucket}/in: cannot list it \(endpoint http://127.0.0.1:{closed}\)"
+                       r".*reachable") as unreachable:
+        list_shards(InputConfig(path=(f"{bucket}/in/*.jsonl",)))
+    for error in (missing, unreachable):
+        assert "test-secret-never-printed" not in str(error.value)
+
+
+# --- runs -------------------------------------------------------------------------------------------
+
+
+def test_run_from_and_to_s3_equals_local_disk_on_both_executors_and_resumes(bucket, shards, tmp_path, ray_instance):
+    upload_folder(shards, f"{bucket}/in")
+    local = run(str(shards / "*"), str(tmp_path / "local"), "local")
+    on_store = run(f"{bucket}/in/*", f"{bucket}/out-local", "local")
+    on_ray = run(f"{bucket}/in/*", f"{bucket}/out-ray", "ray")
+    assert local["output"]["kept_docs"] > 0 and local["output"]["rejected_docs"] > 0
+    for part in ("kept", "rejected"):
+        expected = digest_local(tmp_path / "local" / part)
+        assert len(expected) == 6
+        assert digest_uri(f"{bucket}/out-local/{part}") == expected
+        assert digest_uri(f"{bucket}/out-ray/{part}") == expected
+    assert on_store["output"] == local["output"] == on_ray["output"]
+    assert on_store["input"]["docs"] == local["input"]["docs"]
+    # A plain reader listing the output sees the shards and nothing half-written or temporary.
+    keys = keys_in(f"{bucket}/out-ray")
+    assert not [k for k in keys if ".tmp-" in k or "/." in k or k.startswith(".")]
+    assert sorted(k for k in keys if k.startswith("kept/")) == [f"kept/part-{i:05d}.parquet" for i in range(6)]
+    assert {"stats.json", "shards.json", "_state/pipeline.json", "_state/one_schema.json"} <= set(keys)
+    assert len([k for k in keys if k.startswith("_state/final/")]) == 6
+    index = storage.read_json(f"{bucket}/out-ray/shards.json")
+    assert [entry["input"] for entry in index] == sorted(e.location for e in storage.glob(f"{bucket}/in/*"))
+    # pyarrow reads the folder as one table straight from the bucket
+    filesystem, path = storage.resolve(f"{bucket}/out-ray/kept")
+    assert pq.read_table(path, filesystem=filesystem).num_rows == local["output"]["kept_docs"]
+
+    # A rerun finds every marker and writes nothing again.
+    before = {e.relative: storage.info(e.location).mtime for e in storage.list_files(f"{bucket}/out-ray/kept")}
+    again = run(f"{bucket}/in/*", f"{bucket}/out-ray", "ray")
+    assert again["shards"]["skipped_done"] == 6 and again["output"] == on_ray["output"]
+    assert {e.relative: storage.info(e.location).mtime for e in storage.list_files(f"{bucket}/out-ray/kept")} == before
+    # A lost marker: that shard alone runs again and writes the same bytes to the same key.
+    storage.delete(f"{bucket}/out-ray/_state/final/c_reviews.json")
+    storage.delete(f"{bucket}/out-ray/stats.json")
+    third = run(f"{bucket}/in/*", f"{bucket}/out-ray", "local")
+    assert third["output"] == on_ray["output"]
+    assert digest_uri(f"{bucket}/out-ray/kept") == digest_local(tmp_path / "local" / "kept")
+
+
+def test_output_folder_rules_hold_on_a_bucket(bucket, shards):
+    upload_folder(shards, f"{bucket}/in")
+    out = f"{bucket}/out"
+    storage.write_bytes(f"{out}/notes.txt", b"a user's file")
+    with pytest.raises(PipelineError, match=r"already holds files that curation did not write \(notes.txt\)"):
+        run(f"{bucket}/in/a_gum.jsonl", out, "local")
+    storage.delete(f"{out}/notes.txt")
+    run(f"{bucket}/in/a_gum.jsonl", out, "local")
+    with pytest.raises(PipelineError, match="different pipeline.*--overwrite"):
+        run(f"{bucket}/in/a_gum.jsonl", out, "local", stages=[{"name": "noop"}])
+    storage.write_bytes(f"{out}/kept/notes.txt", b"a user's file")
+    with pytest.raises(PipelineError, match=r"--overwrite would have to remove .*kept/notes.txt"):
+        run(f"{bucket}/in/a_gum.jsonl", out, "local", stages=[{"name": "noop"}], overwrite=True)
+    storage.delete(f"{out}/kept/notes.txt")
+    stats = run(f"{bucket}/in/a_gum.jsonl", out, "local", stages=[{"name": "noop"}], overwrite=True)
+    assert stats["output"]["rejected_docs"] == 0
+    with pytest.raises(PipelineError, match="contains the input"):
+        run(f"{bucket}/in/*", f"{bucket}", "local")
+    assert keys_in(f"{bucket}/in") == sorted(p.name for p in shards.iterdir())  # inputs untouched
+
+
+class BoundedKiller(threading.Thread):
+    """SIGKILLs a stage worker of ours (a descendant of this test process: test_faults.ray_worker_pids)
+    every 1-2 s once shards finish, `limit` times: bounded, so that on a busy 2-core machine, where an actor takes seconds
+    to start, the run still makes progress between kills."""
+
+    def __init__(self, seed: int, limit: int, markers: str) -> None:
+        super().__init__(daemon=True)
+        self.rng, self.limit, self.kills, self.running = random.Random(seed), limit, 0, True
+        self.markers = markers
+
+    def run(self) -> None:
+        from test_faults import ray_worker_pids
+
+        # From the first finished shard on, the actors are set up and mid-shard: a kill then loses
+        # work in flight (an upload, a spool file), not an actor still loading its models.
+        while self.running and not storage.names_in(self.markers):
+            time.sleep(0.2)
+        while self.running and self.kills < self.limit:
+            time.sleep(self.rng.uniform(1.0, 2.0))
+            pids = ray_worker_pids()
+            if pids and self.running:
+                try:
+                    os.kill(self.rng.choice(pids), signal.SIGKILL)
+                    self.kills += 1
+                except ProcessLookupError:
+                    continue
+
+
+def test_worker_kills_on_ray_with_the_output_in_a_bucket_change_nothing(bucket, tmp_path, ray_instance):
+    rows = [{"id": r["id"], "text": r["text"]} for name in ("en_ud_ewt_web_docs.jsonl.gz", "zh_reviews.jsonl.gz",
+                                                             "web_commoncrawl_samples.jsonl.gz")
+            for r in read_jsonl(name, 3000) if r["text"]]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(12):
+        pq.write_table(pa.Table.from_pylist(rows[k::12]), folder / f"part{k:02d}.parquet")
+    upload_folder(folder, f"{bucket}/in")
+    clean = run(str(folder / "*.parquet"), str(tmp_path / "clean"), "local")
+
+    killer = BoundedKiller(seed=7, limit=4, markers=f"{bucket}/faulted/_state/final")
+    killer.start()
+    try:
+        faulted = run(f"{bucket}/in/*.parquet", f"{bucket}/faulted", "ray")
+    finally:
+        killer.running = False
+        killer.join()
+    print(f"\nkills: {killer.kills}; shard retries: {faulted['executor']['worker_retries']}")
+    assert killer.kills >= 1 and faulted["executor"]["worker_retries"] >= 1
+    for part in ("kept", "rejected"):
+        assert digest_uri(f"{bucket}/faulted/{part}") == digest_local(tmp_path / "clean" / part)
+    assert faulted["output"] == clean["output"] and faulted["input"] == clean["input"]
+    assert not [k for k in keys_in(f"{bucket}/faulted") if ".tmp-" in k]
+
+
+def test_spool_folders_of_dead_processes_are_swept(tmp_path, monkeypatch):
+    """A worker killed mid-shard leaves its spool file; the next writer on the machine removes it, and
+    never a live process's."""
+    import subprocess
+
+    monkeypatch.setenv("CURATION_SPOOL_DIR", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid names no process now
+    for pid in (dead.pid, os.getppid()):
+        (tmp_path / f"curation-spool-{pid}").mkdir()
+        (tmp_path / f"curation-spool-{pid}" / ".part-00000.parquet.tmp-0123456789ab").write_bytes(b"x")
+    assert storage.sweep_spool() == [str(tmp_path / f"curation-spool-{dead.pid}")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"curation-spool-{os.getppid()}"]
