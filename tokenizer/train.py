@@ -160,7 +160,7 @@ def transformers_files() -> dict[str, dict]:
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename: readers see the old file or the
     whole new one. The file gets the usual mode (0666 less the umask): tempfile's files are 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")  # storage.TMP_NAME: swept if left
     try:
         with open(tmp, "x", encoding="utf-8") as handle:
             handle.write(text)
