@@ -32,7 +32,7 @@ from curation.storage import TMP_NAME
 FINGERPRINT = Path("_state") / "pipeline.json"
 RUN_FILES = {"stats.json", "pack.json", "shards.json"}
 JOB_FILES = {"job.json", "manifest.json", "phases.yaml", "report.html"}
-TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "eval.json"}
+TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer_meta.json", "eval.json"}
 TOKEN_SHARD_SUFFIXES = (".bin", ".index.parquet", ".json")
 
 Location = Path | str  # a local path (Path) or a URI (str)

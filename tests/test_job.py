@@ -101,6 +101,10 @@ def test_job_leaves_every_output(local_job):
     assert codes.num_rows > 100 and set(codes.column("lang").to_pylist()) == {"code"}  # code survives the prose rules
     steps = json.loads((out / "job.json").read_text())["steps"]
     assert {"curation", "tokenizer", "pack", "manifest", "report"} <= set(steps)
+    # every file of a finished job is one curation recognises as its own: --overwrite may remove it
+    from curation.output_folder import foreign_files
+
+    assert foreign_files(out) == []
 
 
 def test_rerun_resumes_without_redoing(local_job, job_inputs, tmp_path):
