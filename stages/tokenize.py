@@ -61,6 +61,8 @@ class Tokenize(Stage):
         tokens = pa.LargeListArray.from_buffers(pa.large_list(value_type), batch.num_rows,
                                                 [validity, pa.py_buffer(full)], children=[pa.array(values, value_type)])
         self.metrics["tokens"] += int(offsets[-1])
+        # which encoder ran (fastokens, or HF tokenizers after a failed parity check: Encoder logs why)
+        self.metrics[f"batches_{self._encoder.backend}"] += 1
         field = tokens_field(self.config.column, value_type, self._encoder.sha256)
         index = batch.schema.get_field_index(self.config.column)
         if index >= 0:
