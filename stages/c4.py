@@ -26,6 +26,11 @@ CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
 CJK_TRAILING_FRAGMENT = r"([。！？][”」』）]*)[^。！？]+$"
 LINE_REASONS = ("too_long_word", "no_terminal_punct", "too_few_words", "javascript", "policy")  # tr_c4's codes 1-5
 DOC_REASONS = ("c4:lorem_ipsum", "c4:curly_bracket", "c4:min_sentences")  # tr_c4's codes 1-3
+CURLY_SCOPES = ("page", "kept_lines", "code_lines")
+# A line that looks like code: it starts or ends with a curly bracket, or holds one and ends with `;` or `,`
+# (a block opened or closed, a statement or initialiser), as C, Java, JavaScript, CSS and JSON lines do
+# and a sentence that mentions `{name}` or `{"1", "2"}` in passing does not.
+CODE_LINE = r"^[{}]|[{}]$|[{}].*[;,]$"
 
 
 @register_stage("c4")
@@ -42,15 +47,19 @@ class C4(RuleStage):
         filter_policy: bool = True
         filter_lorem_ipsum: bool = True
         filter_curly_bracket: bool = True
-        curly_bracket_scope: str = "page"  # "page" (the paper) or "kept_lines" (the reference code)
+        # "page" (the paper), "kept_lines" (the reference code) or "code_lines": only lines that look like
+        # code (CODE_LINE) count, so technical prose that names `{placeholder}` or `{"1", "2"}` in a sentence
+        # stays while a page holding a code block still goes (bench/results/filter_chain.json).
+        curly_bracket_scope: str = "page"
         min_sentences: int | None = 5
         # CJK sentences are long (about 48 characters in the MSRA news here): fewer make a page.
         min_sentences_cjk: int | None = 3
         terminal_punctuation: tuple[str, ...] = tr.TERMINAL_PUNCTUATION
 
         def __post_init__(self) -> None:
-            if self.curly_bracket_scope not in ("page", "kept_lines"):
-                raise ValueError("curly_bracket_scope must be 'page' or 'kept_lines'")
+            if self.curly_bracket_scope not in CURLY_SCOPES:
+                raise ValueError(f"curly_bracket_scope must be one of {', '.join(CURLY_SCOPES)}, "
+                                 f"not {self.curly_bracket_scope!r}")
 
     def check(self, batch: pa.RecordBatch, selected: tr.Selected) -> pa.RecordBatch:
         rows, text = selected.rows, selected.text
@@ -86,7 +95,8 @@ def line_rules(text: pa.Array, cjk: np.ndarray, c: C4.Config, native: bool | Non
     pass and no intermediate arrays), in Arrow and numpy otherwise, with the same results."""
     lib = tr.native_library(native)
     ascii_ = all(p.isascii() for p in (LOREM_IPSUM, JAVASCRIPT) + POLICY_PHRASES + tr.TITLES + tr.ABBREVIATIONS)
-    if lib is not None and text.null_count == 0 and ascii_:
+    # The kernel implements the paper's and the reference's curly-bracket scopes; code_lines runs in numpy.
+    if lib is not None and text.null_count == 0 and ascii_ and c.curly_bracket_scope != "code_lines":
         def flag(value) -> int:
             return -1 if value is None else int(value)
 
@@ -149,6 +159,8 @@ def _line_rules_numpy(text: pa.Array, cjk: np.ndarray, c: C4.Config) -> LineRule
         hit = tr.to_numpy_bool(pc.match_substring(line, "{"))
         if c.curly_bracket_scope == "kept_lines":
             hit &= removed == None  # noqa: E711
+        elif c.curly_bracket_scope == "code_lines":
+            hit = tr.to_numpy_bool(pc.match_substring_regex(line, CODE_LINE))
         curly_docs = np.unique(doc_lines.parent[hit])
         doc_reason[curly_docs[doc_reason[curly_docs] == None]] = DOC_REASONS[1]  # noqa: E711
     if c.filter_policy:

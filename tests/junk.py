@@ -54,3 +54,31 @@ def word_salad(seed: int = 0, count: int = 40, prose: list[str] | None = None) -
             sentences.append(" ".join(picked).capitalize() + ".")
         docs.append(" ".join(sentences))
     return docs
+
+
+LEGAL = r"cookie|privacy|terms of|copyright|rights reserved|disclaimer|©"
+ENGLISH = ("the", "and", "of", "to", "is", "you", "our", "this", "for")
+
+
+def web_junk(web: list[dict], seed: int = 0) -> dict[str, list[str]]:
+    """Junk cut from the real pages of the Common Crawl sample (`web` rows): `web_boilerplate` is a page's
+    own short lines (at most 6 words: menus, dates, footers, widget labels) in page order, one document
+    per page that has at least 15 of them; `legal_banner` joins 3-6 real English cookie, privacy and
+    copyright lines (several pages' banners in one document, as a page made only of its footer)."""
+    import re
+
+    rng = random.Random(seed)
+    boilerplate, legal = [], []
+    for row in web:
+        lines = [line.strip() for line in (row["text"] or "").split("\n") if line.strip()]
+        short = [line for line in lines if len(line.split()) <= 6]
+        if len(short) >= 15:
+            boilerplate.append("\n".join(short))
+        for line in lines:
+            words = line.lower().split()
+            if re.search(LEGAL, line, re.I) and len(words) >= 3 and (len(words) < 8 or any(w in ENGLISH for w in words)):
+                legal.append(line)
+    banners = []
+    for _ in range(min(40, len(legal) // 3)):
+        banners.append("\n".join(rng.sample(legal, min(len(legal), rng.randint(3, 6)))))
+    return {"web_boilerplate": boilerplate, "legal_banner": banners}
