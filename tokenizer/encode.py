@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from tokenizers import Tokenizer
 
 from curation.tokenizer import parity_sample
 
@@ -61,8 +62,6 @@ class EncodeError(ValueError):
 class Encoder:
     def __init__(self, path: str | Path, dtype: str = "uint16", separator: str = SEP_TOKEN, pad: str = PAD_TOKEN,
                  *, backend: str = "auto") -> None:
-        from tokenizers import Tokenizer
-
         path = Path(path)
         if dtype not in DTYPE_CHOICES:
             raise EncodeError(f"dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
@@ -120,7 +119,7 @@ class Encoder:
         """(fastokens tokenizer, None) when it loads this file and gives tokenizers' ids on the parity
         sample (with the added and special tokens' text), else (None, why not)."""
         try:
-            import fastokens
+            import fastokens  # a young dependency: a failed import falls back to HF tokenizers
         except ImportError as exc:
             return None, f"fastokens is not installed ({exc})"
         if "RAYON_NUM_THREADS" in os.environ:

@@ -46,7 +46,7 @@ def bytes_per_token(tokenizer: Tokenizer | Encoder, texts: list[str]) -> tuple[f
 
 
 def plain_baseline(spec: SampleSpec, inputs: list[str], vocab_size: int) -> Tokenizer:
-    from tokenizers.implementations import ByteLevelBPETokenizer
+    from tokenizers.implementations import ByteLevelBPETokenizer  # only for the optional baseline
 
     plain = ByteLevelBPETokenizer()
     plain.train_from_iterator(balanced_sample(inputs, spec), vocab_size=vocab_size, show_progress=False)

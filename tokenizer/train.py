@@ -13,10 +13,16 @@ import json
 import os
 import tempfile
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from curation.config import ExecutorConfig
+from curation.executor import make_backend
+from curation.tokenizer import counts as counting
+from curation.tokenizer.sample import SampleError, balanced_sample, group_bytes
 
 BOS, EOS, PAD, SEP = "<|bos|>", "<|eos|>", "<|pad|>", "<|sep|>"
 SPECIAL_TOKENS = (BOS, EOS, PAD, SEP)
@@ -76,33 +82,22 @@ def train_from_shards(inputs: list[str], out_dir: str | Path, spec, vocab_size: 
     pre-tokens in Ray tasks and trains from the pruned counts, in memory that does not grow with the
     sample; `stream` feeds the sampled documents to `train_from_iterator` (the plain way). The sample's
     spec and inputs are stored with the tokenizer, so the same sample can be drawn again."""
-    from curation.tokenizer.sample import balanced_sample, group_bytes
-
     if method not in METHODS:
         raise TokenizerError(f"method must be one of {METHODS}, got {method!r}")
     check_vocab_size(vocab_size, uint16)
     totals = group_bytes(inputs, spec)
     missing = [g for g, n in totals.items() if n == 0 and spec.shares[g] > 0]
     if missing:
-        from curation.tokenizer.sample import SampleError
-
         raise SampleError(f"no text for group(s) {missing} (column {spec.group_column!r}) in {inputs}: "
                           "give inputs with that language, or drop it from the shares")
     meta = {"inputs": list(inputs), "sample": dataclasses.asdict(spec), "group_bytes": totals, "method": method}
     if method == "stream":
         return train_tokenizer(balanced_sample(inputs, spec, totals), out_dir, vocab_size=vocab_size, uint16=uint16,
                                show_progress=show_progress, extra_meta=meta)
-    from curation.tokenizer import counts as counting
-
     options = options or CountOptions()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".counts-") as work:
-        from contextlib import nullcontext
-
-        from curation.config import ExecutorConfig
-        from curation.executor import make_backend
-
         with make_backend(ExecutorConfig(kind="ray")) if backend is None else nullcontext(backend) as backend:
             merged, info = counting.count_pretokens(inputs, spec, totals, PRE_TOKENIZER_PATTERN, work, backend,
                                                     options.min_count, options.partitions)
