@@ -63,6 +63,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation import storage
+from curation.errors import CurationError
 from curation.stage import TEXT, Stage, drop_rows, live_mask, register_stage, set_column
 from curation.stages.gopher_quality import STOP_WORDS_CJK
 from curation.stages.ngram_index import NgramIndex, TokenStream, token_hasher, tokenize
@@ -82,7 +83,7 @@ yourselves s t""".split())
 STOP_TOKENS = frozenset(STOP_WORDS_EN) | frozenset(STOP_WORDS_CJK) | frozenset("の に は を が で と た し て も".split())
 
 
-class EvalFileError(ValueError):
+class EvalFileError(CurationError, ValueError):
     """An evaluation file is missing or not what the config says; the message names the file."""
 
 

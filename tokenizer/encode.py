@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 from tokenizers import Tokenizer
 
+from curation.errors import CurationError
 from curation.tokenizer import parity_sample
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ ENCODE_CHUNK_CHARS = 64_000
 FAST_CHUNK_CHARS = 1 << 20
 
 
-class EncodeError(ValueError):
+class EncodeError(CurationError, ValueError):
     """The tokenizer cannot be used as asked; the message says why and what to do."""
 
 

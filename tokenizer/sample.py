@@ -26,12 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.config import InputConfig
+from curation.errors import CurationError
 from curation.io import list_shards, read_shard
 
 OTHER = "other"
 
 
-class SampleError(ValueError):
+class SampleError(CurationError, ValueError):
     """The sample cannot be drawn as configured; the message says why."""
 
 

@@ -20,6 +20,7 @@ from typing import Iterable
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from curation.config import ExecutorConfig
+from curation.errors import CurationError
 from curation.executor import make_backend
 from curation.tokenizer import counts as counting
 from curation.tokenizer.sample import SampleError, balanced_sample, group_bytes
@@ -39,7 +40,7 @@ PRE_TOKENIZER_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+
                          r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(CurationError, ValueError):
     """The tokenizer cannot be trained as asked; the message says why."""
 
 

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.config import InputConfig
+from curation.errors import CurationError
 from curation.io import list_shards, read_shard, write_json_atomic
 from curation.stages.model_files import ModelError, sha256_of
 from curation.stages.quality import lm_text
@@ -40,7 +41,7 @@ LINE_BREAK = " <nl> "
 BUCKET_PERCENTILES = (33.3, 66.7)  # CCNet: head / middle / tail thirds
 
 
-class TrainError(ValueError):
+class TrainError(CurationError, ValueError):
     """Training cannot start or produced nothing; the message says what to do."""
 
 
