@@ -100,9 +100,6 @@ class Stage:
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         raise NotImplementedError
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, **dataclasses.asdict(self.config)}
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
 

@@ -220,11 +220,6 @@ def first_difference(texts: list[str], ours: tuple[np.ndarray, np.ndarray],
     return f"the batches differ in length ({len(a)} and {len(b)} tokens)"
 
 
-def list_array(values: np.ndarray, offsets: np.ndarray) -> pa.LargeListArray:
-    """The (values, offsets) pair as an Arrow list column (zero-copy)."""
-    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(values))
-
-
 def from_list_array(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets) of an Arrow list column of token ids, offsets starting at 0."""
     if isinstance(array, pa.ChunkedArray):
