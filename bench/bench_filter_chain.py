@@ -54,7 +54,7 @@ TECHNICAL_URLS = ("https://maria-antoniak.github.io/2020/03/25/pip.html",
 # technical text through (each documented where it is defined).
 SETTINGS = {
     "before": {},
-    "after": {"c4": {"curly_bracket_scope": "code_lines"}},
+    "after": {"c4": {"curly_bracket_scope": "code_lines", "min_sentences_words": 30}},
 }
 
 
@@ -169,6 +169,7 @@ def evaluate(good, junk, settings, models, thresholds=None) -> dict:
 
 CHAINS = {"rules+kenlm": ("min_lm_score",), "rules+kenlm+classifier": ("min_lm_score", "min_score")}
 MIN_WORDS = 50
+LOSS = 0.01  # share of the rules-kept good tuning documents each model may lose (chosen: the junk floor still holds)
 
 
 def model_drop(lm_score, clf_score, thresholds) -> np.ndarray:
@@ -181,14 +182,14 @@ def model_drop(lm_score, clf_score, thresholds) -> np.ndarray:
 
 
 def choose_thresholds(collected) -> dict:
-    """On the tuning half: the lm_score and classifier cut-offs that each lose 3% of the good documents
+    """On the tuning half: the lm_score and classifier cut-offs that each lose LOSS (1%) of the good documents
     (of at least MIN_WORDS words) the rules keep, so the models only add what the rules miss."""
     kept = [(s[~d], c[~d]) for (side, kind), (d, s, c, _) in collected.items()
             if side == "good" and not kind.startswith("short:")]
     lm = np.concatenate([s for s, _ in kept])
     clf = np.concatenate([c for _, c in kept])
-    return {"min_lm_score": round(float(np.nanquantile(lm, 0.03)), 3),
-            "min_score": round(float(np.nanquantile(clf, 0.03)), 4)}
+    return {"min_lm_score": round(float(np.nanquantile(lm, LOSS)), 3),
+            "min_score": round(float(np.nanquantile(clf, LOSS)), 4)}
 
 
 def main() -> None:
