@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.stage import TEXT, Stage, live_mask, register_stage, set_column
-from curation.stages.regex_spans import Pieces, sanitize, split_on_matches
+from curation.stages.regex_spans import sanitize, split_on_matches
 
 KINDS = ("email", "ip", "cn_id", "card", "phone")
 DEFAULT_PLACEHOLDERS = {"email": "<EMAIL>", "ip": "<IP>", "phone": "<PHONE>", "cn_id": "<CN_ID>", "card": "<CARD>"}
