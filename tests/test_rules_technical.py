@@ -1,0 +1,95 @@
+"""The rule options that let technical and short informal prose through (issue 24 item 9), each on a real
+document of ../shared/data, with the paper's behaviour still the default (bench/bench_filter_chain.py
+measures them on a held-out half)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from conftest import read_jsonl
+from curation.stage import DROP_REASON, build_stage
+from curation.stages.c4 import C4, line_rules
+from curation.stages import text_rules as tr
+from junk import junk_documents
+
+
+def by_id(name: str, doc_id: str) -> str:
+    return next(r["text"] for r in read_jsonl(name) if r["id"] == doc_id)
+
+
+def c4_reasons(texts: list[str], **options) -> list[str | None]:
+    stage = build_stage({"name": "c4", **options})
+    stage.setup()
+    batch = pa.RecordBatch.from_pydict({"id": [str(i) for i in range(len(texts))], "text": texts,
+                                        DROP_REASON: pa.nulls(len(texts), pa.string())})
+    return stage(batch).column(DROP_REASON).to_pylist()
+
+
+# A Wikidot help page that names form variables inline ("I would use %%form_data{author}%%."), and a
+# programming blog post with LaTeX and `{"1", "2", "3"}` in its sentences: technical prose, no code block.
+HELP_PAGE, BLOG_POST = "dolma-cc2019-0159", "dolma-cc2019-0271"
+
+
+def test_code_lines_scope_keeps_prose_that_mentions_braces():
+    web = "web_commoncrawl_samples.jsonl.gz"
+    texts = [by_id(web, HELP_PAGE), by_id(web, BLOG_POST)]
+    assert c4_reasons(texts) == ["c4:curly_bracket"] * 2  # the paper: a curly bracket anywhere
+    assert c4_reasons(texts, curly_bracket_scope="code_lines") == [None, None]
+
+
+def test_code_lines_scope_still_drops_pages_with_code():
+    code = [r["text"] for r in read_jsonl("code_humanevalx_linux.jsonl.gz") if r["lang"] in ("c", "java", "js")
+            and "{" in r["text"]][:30]
+    reasons = c4_reasons(code, curly_bracket_scope="code_lines")
+    assert reasons.count("c4:curly_bracket") == len(code)
+    # ...and with the page's prose kept: a help page with a code block pasted in goes
+    page = by_id("web_commoncrawl_samples.jsonl.gz", HELP_PAGE) + "\n" + code[0]
+    assert c4_reasons([page], curly_bracket_scope="code_lines") == ["c4:curly_bracket"]
+
+
+def test_code_line_expression():
+    import re
+
+    from curation.stages.c4 import CODE_LINE
+
+    for line in ("int main() {", "}", "return x; }", "x = {1, 2};", '"a": {', ".a { color: red; }"):
+        assert re.search(CODE_LINE, line), line
+    for line in ("I would use %%form_data{author}%%. To use the content field.",
+                 'type e.g. {"1", "2", "3"} and click the {} button.', "foo(bar);"):
+        assert not re.search(CODE_LINE, line), line
+
+
+# A newsgroup post of 57 words in three long sentences (UD EWT): real, if informal, text.
+NEWSGROUP_POST = "ewt-newsgroup-groups.google.com_alt.animals.cat_04d718686843b577_ENG_20040713_101600"
+
+
+def test_min_sentences_words_keeps_short_documents_of_real_sentences():
+    post = by_id("en_ud_ewt_web_docs.jsonl.gz", NEWSGROUP_POST)
+    assert c4_reasons([post]) == ["c4:min_sentences"]
+    assert c4_reasons([post], min_sentences_words=30) == [None]
+
+
+def test_min_sentences_words_still_drops_fragments_and_menus():
+    junk = junk_documents(seed=3, per_kind=20)
+    texts = junk["fragments"] + junk["menu"]
+    reasons = c4_reasons(texts, min_sentences_words=30)
+    assert reasons.count("c4:min_sentences") == len(texts)
+
+
+@pytest.mark.parametrize("options", [{"curly_bracket_scope": "code_lines"}, {"min_sentences_words": 30}])
+def test_new_options_run_the_same_with_or_without_the_kernel(options):
+    texts = [r["text"] for name in ("en_ud_ewt_web_docs.jsonl.gz", "web_commoncrawl_samples.jsonl.gz")
+             for r in read_jsonl(name, limit=300) if r["text"]]
+    text = pa.array(texts)
+    cjk = tr.cjk_mask(None, len(texts))
+    config = C4.Config(**options)
+    a, b = line_rules(text, cjk, config, native=None), line_rules(text, cjk, config, native=False)
+    assert a.doc_reason.tolist() == b.doc_reason.tolist() and a.text.equals(b.text)
+
+
+def test_paper_defaults_are_unchanged():
+    config = C4.Config()
+    assert config.curly_bracket_scope == "page" and config.min_sentences_words is None
+    with pytest.raises(ValueError, match="curly_bracket_scope"):
+        C4.Config(curly_bracket_scope="code")
