@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from curation import storage
 from curation.option_types import check_options
 from curation.stage import build_stage
 
@@ -155,11 +156,12 @@ def pipeline_from_dict(raw: Any, where: str = "<dict>") -> PipelineConfig:
 
 def read_yaml(path: str | Path, what: str = "config") -> Any:
     """A YAML file read with the safe loader (configs are untrusted input: never yaml.load)."""
-    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = storage.read_bytes(path).decode("utf-8")  # a path, or a URI (s3://...)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text: {exc}") from None
     except OSError as exc:
-        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -14,6 +14,9 @@ starves (see bench/bench_overhead.py for the measured overhead against a plain p
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import gc
 import hashlib
 import json
 import logging
@@ -22,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+import pyarrow as pa
 from tqdm import tqdm
 
 from curation import storage
@@ -107,7 +111,7 @@ class RayBackend:
 
     def __enter__(self) -> "RayBackend":
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        import ray
+        import ray  # only the Ray backend needs Ray: `executor: local` never imports it
 
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
@@ -135,13 +139,13 @@ class RayBackend:
     def __exit__(self, *exc: object) -> None:
         self.release()
         if self._started_ray:
-            import ray
+            import ray  # only the Ray backend needs Ray: `executor: local` never imports it
 
             ray.shutdown()
 
     def release(self) -> None:
         """Stop the pooled actors (their memory goes back): before work on the driver that needs it."""
-        import ray
+        import ray  # only the Ray backend needs Ray: `executor: local` never imports it
 
         for actor in self._pool:
             ray.kill(actor, no_restart=True)
@@ -152,7 +156,7 @@ class RayBackend:
         return self._retries
 
     def _worker_count(self, items: int) -> int:
-        import ray
+        import ray  # only the Ray backend needs Ray: `executor: local` never imports it
 
         if self.config.num_workers:
             wanted = self.config.num_workers
@@ -161,7 +165,7 @@ class RayBackend:
         return max(1, min(wanted, items))
 
     def _new_actor(self) -> Any:
-        import ray
+        import ray  # only the Ray backend needs Ray: `executor: local` never imports it
 
         # Two threads: `progress` answers while `process` runs (the scheduler never sends an actor two
         # shards at once)
@@ -171,7 +175,7 @@ class RayBackend:
         return actor
 
     def _discard(self, actor: Any) -> None:
-        import ray
+        import ray  # only the Ray backend needs Ray: `executor: local` never imports it
 
         ray.kill(actor, no_restart=True)
         if actor in self._pool:
@@ -192,8 +196,8 @@ class RayBackend:
         items go only to prepared actors, so after a node is lost an actor that cannot be placed waits
         without holding work while the others carry on. An item whose actor died (killed, out of
         memory, node lost) runs again on another one, up to `max_retries` times."""
-        import ray
-        from ray.exceptions import RayActorError, WorkerCrashedError
+        import ray  # only the Ray backend needs Ray: `executor: local` never imports it
+        from ray.exceptions import RayActorError, WorkerCrashedError  # Ray backend only, as above
 
         if not items:
             return
@@ -279,8 +283,8 @@ class RayBackend:
         """Yield (shard, result) as shards finish. Once `stop()` is true no new shard starts, but the
         running ones finish and commit, so a failing run leaves no half-written output behind.
         `progress(path, bytes read)` hears every PROGRESS_EVERY_S how far the running shards got."""
-        import ray
-        from ray.exceptions import RayActorError, WorkerCrashedError
+        import ray  # only the Ray backend needs Ray: `executor: local` never imports it
+        from ray.exceptions import RayActorError, WorkerCrashedError  # Ray backend only, as above
 
         # A pass starts on fresh processes: the last pass's (or aggregate's) imports, models and heap
         # high-water mark go with the old ones (about 150 MB an actor at the packing pass after the rule
@@ -330,14 +334,10 @@ def tune_allocator() -> None:
     - At most two malloc arenas (unless MALLOC_ARENA_MAX is set): Arrow's and the tokenizer's threads
       each got an arena of their own, and each arena keeps its freed pages: the packing pass of
       `executor: local` peaked about 35 MB higher."""
-    import pyarrow as pa
-
     if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         pa.set_memory_pool(pa.system_memory_pool())
     if not os.environ.get("MALLOC_ARENA_MAX"):
         try:
-            import ctypes
-
             ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
         except (OSError, AttributeError):  # not glibc
             pass
@@ -346,11 +346,6 @@ def tune_allocator() -> None:
 def _release_memory() -> None:
     """Hand freed memory back to the system (Python's garbage, Arrow's pool, the C heap): the process
     stays in the pool and would otherwise keep a task's peak while later steps need the memory."""
-    import ctypes
-    import gc
-
-    import pyarrow as pa
-
     gc.collect()
     pa.default_memory_pool().release_unused()
     try:
@@ -361,8 +356,6 @@ def _release_memory() -> None:
 
 def _releasing(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn`, releasing its memory when it ends."""
-    import functools
-
     @functools.wraps(fn)
     def run(item: Any) -> Any:
         try:

@@ -8,6 +8,7 @@ Inputs and outputs are plain paths or URIs (`s3://bucket/in/*.jsonl.gz`): every 
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import gzip
 import json
@@ -55,8 +56,6 @@ class Shard:
 def _source_of(path: str, config: InputConfig) -> str | None:
     if not config.sources:
         return None
-    import fnmatch
-
     for name, patterns in config.sources.items():
         for pattern in patterns:
             full = storage.normalise(pattern) if storage.is_uri(pattern) else os.path.abspath(os.path.expanduser(pattern))

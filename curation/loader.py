@@ -42,7 +42,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from curation.manifest import ManifestError, load_manifest, phase_of, sequence_order, source_seed
+from curation import storage
+from curation.manifest import (ManifestError, load_manifest, phase_of, resolve_location, sequence_order, source_seed,
+                               split_location)
 from curation.tokenizer.shards import open_shard
 
 STATE_VERSION = 1
@@ -58,7 +60,12 @@ IGNORE_INDEX = -100
 _VERIFIED: set[tuple[str, str, int, int]] = set()
 
 
-def _verified_key(folder: Path, name: str, sha256: str) -> tuple[str, str, int, int]:
+def _verified_key(folder: Path | str, name: str, sha256: str) -> tuple[str, str, int, int]:
+    if isinstance(folder, str):  # a URI: the object's size and last-modified time from the store
+        found = storage.info(storage.join(folder, f"{name}.bin"))
+        if found.type != storage.pafs.FileType.File:
+            raise FileNotFoundError(f"{folder}/{name}.bin")
+        return f"{folder}/{name}", sha256, int(found.size), int(found.mtime_ns or 0)
     stat = (folder / f"{name}.bin").stat()
     return str(folder / name), sha256, stat.st_size, stat.st_mtime_ns
 
@@ -82,8 +89,8 @@ class PhasePlan:
             entry = manifest["sources"][source]
             first_shard = len(self.shards)
             for shard in entry["shards"]:
-                path = (root / shard["path"]).resolve()
-                self.shards.append((path.parent, path.name, shard["bin_sha256"]))
+                folder, name = split_location(resolve_location(root, shard["path"]))
+                self.shards.append((folder, name, shard["bin_sha256"]))
             counts = np.array([s["sequences"] for s in entry["shards"]], np.int64)
             starts = np.concatenate([[0], np.cumsum(counts)])
             ids = []
@@ -118,10 +125,11 @@ class PhaseDataset(IterableDataset):
             raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        self.manifest_path = Path(manifest_path)
+        # A path, or a URI: a phase is read straight from object storage (shards read whole, not mapped)
+        self.manifest_path = manifest_path if storage.is_uri(manifest_path) else Path(manifest_path)
         self.manifest, self.root = load_manifest(self.manifest_path)
         self.phase = phase_of(self.manifest, phase)
-        self.manifest_sha256 = hashlib.sha256(self.manifest_path.read_bytes()).hexdigest()
+        self.manifest_sha256 = hashlib.sha256(storage.read_bytes(self.manifest_path)).hexdigest()
         self.plan = PhasePlan(self.manifest, self.root, self.phase, seed)
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.drop_last, self.verify = drop_last, verify
@@ -143,7 +151,7 @@ class PhaseDataset(IterableDataset):
             if check and key is not None:
                 _VERIFIED.add(key)
             if shard.meta["seq_len"] != self.plan.seq_len:
-                raise ManifestError(f"{folder / name}: seq_len {shard.meta['seq_len']}, the manifest says {self.plan.seq_len}")
+                raise ManifestError(f"{folder}/{name}: seq_len {shard.meta['seq_len']}, the manifest says {self.plan.seq_len}")
             self._open[index] = shard
         return shard
 

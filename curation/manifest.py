@@ -30,12 +30,15 @@ import hashlib
 import json
 import math
 import os
+import posixpath
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from curation.tokenizer.shards import ShardError, read_meta, sha256_file
+from curation import storage
+from curation.tokenizer.shards import ShardError, list_shard_names, read_meta, sha256_file
 
 SCHEMA_VERSION = 1
 WEIGHT_TOLERANCE = 1e-6
@@ -71,34 +74,70 @@ def sequence_order(n: int, seed: int) -> np.ndarray:
 # --- building -----------------------------------------------------------------------------------------
 
 
-def _load_yaml(path: Path) -> dict:
-    from curation.config import read_yaml
-
+def _load_yaml(path: Location) -> dict:
+    # Read through the storage layer (a path or a URI) with the safe loader: the trainer side does
+    # not import the engine's config module (ARCHITECTURE.md).
     try:
-        raw = read_yaml(path, "phases config")
-    except ValueError as exc:
-        raise ManifestError(str(exc)) from None
+        raw = yaml.safe_load(storage.read_bytes(path).decode("utf-8"))
+    except OSError as exc:
+        raise ManifestError(f"cannot read phases config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ManifestError(f"{path}: a phases config is a mapping with root, sources and phases")
     return raw
 
 
-def _inside(root: Path, relative: str, what: str) -> Path:
+# Locations: a local Path, or a URI string (`s3://bucket/run/packed`) read through curation.storage.
+Location = Path | str
+
+
+def resolve_location(base_dir: Location, relative: str) -> Location:
+    """`relative` from folder `base_dir` (a path or a URI); an absolute path or a URI stands alone."""
+    if storage.is_uri(relative):
+        return storage.normalise(relative)
+    if storage.is_uri(base_dir):
+        scheme, rest = str(base_dir).split("://", 1)
+        return f"{scheme}://" + posixpath.normpath(posixpath.join(rest, relative))
+    return (Path(base_dir) / relative).resolve()
+
+
+def split_location(location: Location) -> tuple[Location, str]:
+    """(folder, name) of a location."""
+    if isinstance(location, str):
+        return storage.parent(location), storage.basename(location)
+    return location.parent, location.name
+
+
+def _parent_dir(path: Location) -> Location:
+    return storage.parent(path) if isinstance(path, str) else Path(path).resolve().parent
+
+
+def _as_location(path: str | Path) -> Location:
+    return str(path).rstrip("/") if storage.is_uri(path) else Path(path)
+
+
+def _inside(root: Location, relative: str, what: str) -> Location:
     """root/relative, refusing absolute paths and any that leave root (.., links)."""
-    if os.path.isabs(relative) or relative.startswith("~"):
+    if os.path.isabs(relative) or relative.startswith("~") or "://" in relative:
         raise ManifestError(f"{what}: path {relative!r} must be relative to the manifest root")
+    if isinstance(root, str):
+        located = resolve_location(root, relative)
+        if located != root and not str(located).startswith(root.rstrip("/") + "/"):
+            raise ManifestError(f"{what}: path {relative!r} leaves the manifest root {root}")
+        return located
     resolved = (root / relative).resolve()
     if resolved != root.resolve() and root.resolve() not in resolved.parents:
         raise ManifestError(f"{what}: path {relative!r} leaves the manifest root {root}")
     return resolved
 
 
-def _scan_source(root: Path, name: str, folder: str) -> dict[str, Any]:
+def _scan_source(root: Location, name: str, folder: str) -> dict[str, Any]:
     path = _inside(root, folder, f"source {name!r}")
-    if not path.is_dir():
+    if not (storage.is_dir(path) if isinstance(path, str) else path.is_dir()):
         raise ManifestError(f"source {name!r}: folder {path} does not exist (packed shards of `curation pack`)")
-    from curation.tokenizer.shards import list_shard_names
-
     shards = []
     for shard in list_shard_names(path):
         meta = read_meta(path, shard)
@@ -123,14 +162,14 @@ def _split_sequences(total: int, weights: dict[str, float]) -> dict[str, int]:
 
 def build_manifest(phases_path: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     """Read PHASES.yaml, allocate each phase's sequences, return the manifest (and write it to `out`)."""
-    phases_path = Path(phases_path)
+    phases_path = _as_location(phases_path)
     raw = _load_yaml(phases_path)
     unknown = set(raw) - {"root", "seed", "sources", "phases"}
     if unknown:
         raise ManifestError(f"{phases_path}: unknown key(s) {sorted(unknown)}; allowed: root, seed, sources, phases")
     if "root" not in raw:
         raise ManifestError(f"{phases_path}: `root` (the packed shards folder) is required")
-    root = (phases_path.parent / str(raw["root"])).resolve()
+    root = resolve_location(_parent_dir(phases_path), str(raw["root"]))
     seed = int(raw.get("seed", 0))
     sources_raw = raw.get("sources") or {}
     if not isinstance(sources_raw, dict) or not sources_raw:
@@ -216,27 +255,42 @@ def build_manifest(phases_path: str | Path, out: str | Path | None = None) -> di
                        "weights": {s: float(w) for s, w in weights.items()}, "sequences": total_sequences,
                        "allocation": allocation})
 
-    out_dir = Path(out).resolve().parent if out else phases_path.parent.resolve()
-    manifest = {"schema_version": SCHEMA_VERSION, "root": os.path.relpath(root, out_dir), "seed": seed,
+    out_dir = _parent_dir(_as_location(out)) if out else _parent_dir(phases_path)
+    manifest = {"schema_version": SCHEMA_VERSION, "root": _relative_root(root, out_dir), "seed": seed,
                 "seq_len": seq_len, "dtype": dtypes.pop(), "tokenizer_sha256": tokenizers.pop(),
                 "sources": sources, "phases": phases}
     if out:
-        from curation.io import write_json_atomic
-
-        write_json_atomic(out, manifest)
+        storage.write_json(out, manifest)  # whole or not at all, on disk or in a bucket
     return manifest
+
+
+def _relative_root(root: Location, out_dir: Location) -> str:
+    """The root as the manifest stores it: relative to the manifest's folder when both are on the same
+    disk or in the same bucket (the pair moves together), else the absolute URI."""
+    if isinstance(root, Path) and isinstance(out_dir, Path):
+        return os.path.relpath(root, out_dir)
+    root_text, out_text = str(root), str(out_dir)
+    if storage.is_uri(root_text) and storage.is_uri(out_text):
+        (rs, rr), (os_, orr) = root_text.split("://", 1), out_text.split("://", 1)
+        if rs == os_ and rr.split("/", 1)[0] == orr.split("/", 1)[0]:
+            return posixpath.relpath(rr, orr)
+    if isinstance(root, Path):
+        raise ManifestError(f"the manifest goes to {out_dir} but its shards are on local disk ({root}): "
+                            "write it beside them, or upload the shards too")
+    return root_text
 
 
 # --- reading ------------------------------------------------------------------------------------------
 
 
-def load_manifest(path: str | Path) -> tuple[dict[str, Any], Path]:
-    """(manifest, resolved root); refuses newer schemas and paths outside the root."""
-    path = Path(path)
+def load_manifest(path: str | Path) -> tuple[dict[str, Any], Location]:
+    """(manifest, resolved root: a Path, or a URI string for a manifest in object storage); refuses
+    newer schemas and paths outside the root."""
+    path = _as_location(path)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(storage.read_bytes(path).decode("utf-8"))
     except OSError as exc:
-        raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from None
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or "schema_version" not in manifest:
@@ -258,7 +312,7 @@ def load_manifest(path: str | Path) -> tuple[dict[str, Any], Path]:
     return manifest, root
 
 
-def _check_structure(path: Path, manifest: dict[str, Any]) -> Path:
+def _check_structure(path: Location, manifest: dict[str, Any]) -> Location:
     """Types and ranges of everything the loader reads; raises on anything off."""
     if not isinstance(manifest["root"], str) or not isinstance(manifest["sources"], dict) \
             or not isinstance(manifest["phases"], list):
@@ -269,7 +323,7 @@ def _check_structure(path: Path, manifest: dict[str, Any]) -> Path:
         raise ManifestError(f"{path}: dtype must be uint16 or uint32")
     if not _count(manifest.get("seed", 0)):
         raise ManifestError(f"{path}: seed must be a non-negative integer")
-    root = (path.resolve().parent / manifest["root"]).resolve()
+    root = resolve_location(_parent_dir(path), manifest["root"])
     for name, entry in manifest["sources"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list):
             raise ManifestError(f"{path}: source {name!r} must have a list of shards")
@@ -295,7 +349,7 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
 
 
-def _check_ranges(path: Path, manifest: dict[str, Any], root: Path) -> None:
+def _check_ranges(path: Location, manifest: dict[str, Any], root: Location) -> None:
     for name, entry in manifest["sources"].items():
         for shard in entry["shards"]:
             _inside(root, str(shard["path"]), f"{path}: source {name!r}")
@@ -327,14 +381,16 @@ def validate(path: str | Path) -> list[str]:
     for name, entry in manifest["sources"].items():
         for shard in entry["shards"]:
             base = _inside(root, shard["path"], f"source {name!r}")
+            folder, shard_name = split_location(base)
             try:
-                meta = read_meta(base.parent, base.name)
+                meta = read_meta(folder, shard_name)
             except ShardError as exc:
                 problems.append(str(exc))
                 continue
             for suffix, key in ((".bin", "bin_sha256"), (".index.parquet", "index_sha256")):
-                file = base.parent / f"{base.name}{suffix}"
-                if not file.exists():
+                file = storage.join(folder, f"{shard_name}{suffix}") if isinstance(folder, str) else \
+                    folder / f"{shard_name}{suffix}"
+                if not storage.exists(file):
                     problems.append(f"{file} is missing")
                 elif sha256_file(file) != shard[key]:
                     problems.append(f"{file}: sha256 does not match the manifest (changed or damaged)")

@@ -107,12 +107,11 @@ def _other(scheme: str, netloc: str, _env_key: tuple[str, ...]) -> pafs.FileSyst
         filesystem, _ = pafs.FileSystem.from_uri(f"{scheme}://{netloc}/")
         return filesystem
     try:
-        import fsspec
-        from pyarrow.fs import FSSpecHandler, PyFileSystem
+        import fsspec  # only for schemes pyarrow has no file system for (hf://...): optional
     except ImportError:  # pragma: no cover - fsspec ships with our dependencies
         raise StorageError(f"{scheme}:// needs fsspec (pip install fsspec)") from None
     try:
-        return PyFileSystem(FSSpecHandler(fsspec.filesystem(scheme)))
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(scheme)))
     except (ImportError, ValueError) as exc:
         raise StorageError(f"no file system for {scheme}:// locations: {exc}") from None
 
@@ -143,9 +142,11 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
 
 
 def describe_store(location: str | Path) -> str:
-    """Where a location lives, for messages: the endpoint of an S3 location (never a credential)."""
+    """Where a location lives, for messages: the endpoint of an S3 location (never a credential: a
+    user:password in the endpoint URL is cut)."""
     if scheme_of(location) in ("s3", "s3a"):
-        return f" (endpoint {_endpoint() or 'AWS'})"
+        endpoint = re.sub(r"//[^/@]*@", "//", _endpoint() or "AWS")
+        return f" (endpoint {endpoint})"
     return ""
 
 
@@ -332,6 +333,23 @@ def glob(pattern: str) -> list[Entry]:
         if matcher.match(entry.relative) and not any(p.startswith(".") for p in entry.relative.split("/")):
             found.append(entry)
     return found
+
+
+def parquet_files(folder: str | Path) -> list[str]:
+    """The Parquet files directly in `folder` (sorted locations; temporary ones left out), one listing:
+    what `sorted(glob(folder/*.parquet))` gives on disk, for a folder in a bucket too."""
+    return [e.location for e in list_files(folder, recursive=False)
+            if e.relative.endswith(".parquet") and not TMP_NAME.match(e.relative)]
+
+
+def dataset(locations: list[str], **options: Any) -> Any:
+    """`pyarrow.dataset.dataset` over files given as locations (all on one store)."""
+    import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process that reads a dataset)
+
+    if not locations or not is_uri(locations[0]):
+        return ds.dataset([normalise(p) for p in locations], **options)
+    filesystem, _ = resolve(locations[0])
+    return ds.dataset([resolve(p)[1] for p in locations], filesystem=filesystem, **options)
 
 
 def open_input(location: str | Path) -> pa.NativeFile:

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.io import InputError, write_json_atomic
 from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStage, live_mask, register_stage
 from curation.tokenizer import packing
@@ -168,15 +169,19 @@ def _pack_tails(source: str, table: pa.Table, p: PackParams) -> None:
 
 def summarise(out: str | Path) -> dict[str, Any]:
     """`pack.json`: every complete shard of every source folder, with totals (what the manifest reads)."""
-    out = Path(out)
+    # One listing of the folder (on disk or in a bucket): the source folders are the first parts of the
+    # paths of the files at depth two.
+    folders = sorted({e.relative.split("/")[0] for e in storage.list_files(out)
+                      if e.relative.count("/") == 1 and not e.relative.startswith(("_", "."))})
     sources: dict[str, Any] = {}
-    for folder in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+    for name in folders:
+        folder = storage.join(out, name)
         names = list_shard_names(folder)
         if not names:
             continue
         metas = [read_meta(folder, n) for n in names]
         keys = ("sequences", "tokens", "document_tokens", "padding_tokens", "split_documents", "segments")
-        sources[folder.name] = {
+        sources[name] = {
             "shards": [{"name": m["name"], "sequences": m["sequences"], "tokens": m["tokens"], "bin_sha256": m["bin_sha256"],
                         "index_sha256": m["index_sha256"]} for m in metas],
             **{k: int(sum(m[k] for m in metas)) for k in keys},
@@ -184,7 +189,7 @@ def summarise(out: str | Path) -> dict[str, Any]:
         }
     first = None
     for folder in sources:
-        first = read_meta(out / folder, sources[folder]["shards"][0]["name"])
+        first = read_meta(storage.join(out, folder), sources[folder]["shards"][0]["name"])
         break
     return {"format": "curation-pack", "version": 1, "sources": sources,
             **({k: first[k] for k in ("seq_len", "dtype", "strategy", "sep_id", "pad_id", "tokenizer_sha256")} if first else {})}
@@ -390,10 +395,12 @@ class Pack(GlobalStage):
 
     def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
         p = self._params(ctx)
-        # Every shard is done: a temporary file left now was a killed actor's, whose shard ran again.
-        for orphan in Path(p.out).rglob(".*.tmp-*"):
-            orphan.unlink(missing_ok=True)
-        tails = [pq.read_table(path) for path in ctx.keys_paths]  # in corpus order; small: under seq_len per shard
+        # Every shard is done: a temporary file left now was a killed actor's, whose shard ran again (on
+        # an object store there are none: uploads go straight to their final keys).
+        if not storage.is_uri(p.out):
+            for orphan in Path(p.out).rglob(".*.tmp-*"):
+                orphan.unlink(missing_ok=True)
+        tails = [pq.read_table(storage.parquet_source(path)) for path in ctx.keys_paths]  # in corpus order; small: under seq_len per shard
         tails = [t for t in tails if t.num_rows]
         if tails and p.strategy == "concat":
             table = pa.concat_tables(tails)
@@ -402,7 +409,7 @@ class Pack(GlobalStage):
                 _pack_tails(source, table.filter(pa.array(sources == source)), p)
         summary = summarise(p.out)
         summary["tokenizer"] = os.path.abspath(self.config.tokenizer)
-        write_json_atomic(Path(p.out) / SUMMARY, summary)
+        write_json_atomic(storage.join(p.out, SUMMARY), summary)
         return {"out": p.out, **{f"{s}_sequences": v["sequences"] for s, v in summary["sources"].items()},
                 **{f"{s}_padding_tokens": v["padding_tokens"] for s, v in summary["sources"].items()},
                 **{f"{s}_split_documents": v["split_documents"] for s, v in summary["sources"].items()}}

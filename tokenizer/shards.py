@@ -15,15 +15,16 @@ memory-mappable `.bin`):
                         `continues`: [{doc, shard}], the tail documents that finish the last
                         document of an input shard's packed shard
 
-Files are written under temporary names and renamed; a shard without its JSON is not a shard.
+Files are published whole through `curation.storage` (a temporary name then a rename on disk; a
+spool file uploaded to the final key on an object store), the JSON last; a shard without its JSON is
+not a shard. A folder may be a URI (`s3://bucket/packed/web`): the loader then reads a shard's tokens
+into memory with ranged GETs instead of memory-mapping them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.tokenizer.packing import Packed
 
 FORMAT = "curation-packed"
@@ -44,23 +46,15 @@ class ShardError(ValueError):
 
 def sha256_file(path: str | Path, block: int = 8 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
+    for chunk in storage.iter_bytes(path, block):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-
-
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def shard_paths(folder: str | Path, name: str) -> tuple[Path, Path, Path]:
+def shard_paths(folder: str | Path, name: str) -> tuple[Path | str, Path | str, Path | str]:
+    if storage.is_uri(folder):
+        return (storage.join(folder, f"{name}.bin"), storage.join(folder, f"{name}.index.parquet"),
+                storage.join(folder, f"{name}.json"))
     folder = Path(folder)
     return folder / f"{name}.bin", folder / f"{name}.index.parquet", folder / f"{name}.json"
 
@@ -72,11 +66,11 @@ class ShardWriter:
 
     def __init__(self, folder: str | Path, name: str, *, source: str, seq_len: int, strategy: str, sep_id: int,
                  pad_id: int, tokenizer_sha256: str) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder if storage.is_uri(folder) else Path(folder)
         self.name = name
         self.bin_path, self.index_path, self.meta_path = shard_paths(self.folder, name)
-        self.tmp_bin = _tmp(self.bin_path)
+        self._pending_bin = storage.Pending(self.bin_path)
+        self.tmp_bin = self._pending_bin.local_path
         self._handle = open(self.tmp_bin, "wb")
         self._digest = hashlib.sha256()
         self.info = {"source": source, "seq_len": seq_len, "strategy": strategy, "sep_id": sep_id, "pad_id": pad_id,
@@ -103,7 +97,8 @@ class ShardWriter:
 
     def close(self, extra: dict | None = None) -> dict:
         self._handle.close()
-        tmp_index = _tmp(self.index_path)
+        pending_index = storage.Pending(self.index_path)
+        tmp_index = pending_index.local_path
         try:
             columns = [np.concatenate(c) if c else np.zeros(0, np.int64) for c in zip(*self._index)] or \
                 [np.zeros(0, np.int64)] * 5
@@ -112,11 +107,12 @@ class ShardWriter:
                               "length": columns[2].astype(np.int32), "doc": columns[3].astype(np.int64),
                               "doc_id": ids.cast(pa.string()).dictionary_encode(), "doc_offset": columns[4].astype(np.int64)})
             pq.write_table(index, tmp_index, compression="zstd", write_page_checksum=True)
-            _fsync_replace(self.tmp_bin, self.bin_path)
-            _fsync_replace(tmp_index, self.index_path)
+            index_sha256 = sha256_file(tmp_index)
+            self._pending_bin.commit()
+            pending_index.commit()
         except BaseException:
             self.abort()
-            tmp_index.unlink(missing_ok=True)
+            pending_index.abort()
             raise
         stored = self.sequences * self.info["seq_len"]
         meta = {"format": FORMAT, "version": VERSION, "name": self.name, **self.info,
@@ -124,16 +120,14 @@ class ShardWriter:
                 "document_tokens": stored - self.padding, "padding_tokens": self.padding,
                 "documents": int(len(np.unique(columns[3]))), "segments": int(len(columns[3])),
                 "split_documents": self.split_docs, "bin_sha256": self._digest.hexdigest(),
-                "index_sha256": sha256_file(self.index_path), **(extra or {})}
-        tmp_meta = _tmp(self.meta_path)
-        tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        _fsync_replace(tmp_meta, self.meta_path)
+                "index_sha256": index_sha256, **(extra or {})}
+        storage.write_bytes(self.meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
         return meta
 
     def abort(self) -> None:
         if not self._handle.closed:
             self._handle.close()
-        self.tmp_bin.unlink(missing_ok=True)
+        self._pending_bin.abort()
 
 
 def write_shard(folder: str | Path, name: str, packed: Packed, doc_ids, *, source: str, seq_len: int, strategy: str,
@@ -150,7 +144,7 @@ def write_shard(folder: str | Path, name: str, packed: Packed, doc_ids, *, sourc
 def read_meta(folder: str | Path, name: str) -> dict:
     _, _, meta_path = shard_paths(folder, name)
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = storage.read_json(meta_path)
     except FileNotFoundError:
         raise ShardError(f"{meta_path} is missing: the shard was not finished (run `curation pack` again)") from None
     except json.JSONDecodeError as exc:
@@ -188,24 +182,31 @@ def open_shard(folder: str | Path, name: str, verify: bool = False, expect_sha25
     meta = read_meta(folder, name)
     bin_path, index_path, _ = shard_paths(folder, name)
     dtype = np.dtype(DTYPES[meta["dtype"]]).newbyteorder("<")
+    sizes = {}
     for path in (bin_path, index_path):
-        if not path.exists():
+        found = storage.info(path)
+        if found.type != storage.pafs.FileType.File:
             raise ShardError(f"{path} is missing (its metadata {name}.json exists): the shard folder is damaged")
+        sizes[path] = found.size
     expected_size = meta["sequences"] * meta["seq_len"] * dtype.itemsize
-    if bin_path.stat().st_size != expected_size:
-        raise ShardError(f"{bin_path}: {bin_path.stat().st_size} bytes, its metadata says {expected_size}")
+    if sizes[bin_path] != expected_size:
+        raise ShardError(f"{bin_path}: {sizes[bin_path]} bytes, its metadata says {expected_size}")
     if expect_sha256 is not None and expect_sha256 != meta["bin_sha256"]:
         raise ShardError(f"{bin_path}: its metadata checksum differs from the manifest's: the shard was replaced")
     if verify:
         for path, key in ((bin_path, "bin_sha256"), (index_path, "index_sha256")):
             if sha256_file(path) != meta[key]:
                 raise ShardError(f"{path}: sha256 does not match {name}.json: the file was changed or damaged")
-    if meta["sequences"]:
+    if meta["sequences"] and storage.is_uri(bin_path):
+        # No memory map over HTTP: the shard's tokens are read whole (its size is known and checked).
+        # TODO: ranged reads of the sequences a rank needs, for shards larger than a worker's memory.
+        tokens = np.frombuffer(storage.read_bytes(bin_path), dtype=dtype).reshape(-1, meta["seq_len"])
+    elif meta["sequences"]:
         tokens = np.memmap(bin_path, dtype=dtype, mode="r").reshape(-1, meta["seq_len"])
     else:
         tokens = np.zeros((0, meta["seq_len"]), dtype)
     try:
-        index = pq.read_table(index_path).unify_dictionaries()
+        index = pq.read_table(storage.parquet_source(index_path)).unify_dictionaries()
     except (pa.ArrowException, OSError) as exc:
         raise ShardError(f"{index_path}: cannot read the index: {exc}") from None
     seq = index.column("seq").to_numpy()
@@ -217,15 +218,14 @@ def open_shard(folder: str | Path, name: str, verify: bool = False, expect_sha25
 
 def list_shard_names(folder: str | Path) -> list[str]:
     """Complete shards in a folder (those with their JSON), sorted."""
-    folder = Path(folder)
     names = []
-    for path in sorted(folder.glob("*.json")):
-        if path.name.startswith("."):
+    for entry in storage.list_files(folder, recursive=False):  # one listing, on disk or in a bucket
+        if entry.relative.startswith(".") or not entry.relative.endswith(".json"):
             continue
         try:
-            meta = json.loads(path.read_text())
+            meta = storage.read_json(entry.location)
         except (OSError, json.JSONDecodeError):
             continue
         if isinstance(meta, dict) and meta.get("format") == FORMAT:
-            names.append(path.name[:-len(".json")])
+            names.append(entry.relative[:-len(".json")])
     return names
