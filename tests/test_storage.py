@@ -122,6 +122,10 @@ def test_glob_on_the_store_matches_glob_on_disk(bucket, tmp_path):
         assert on_store == on_disk, pattern
     sizes = {e.relative: e.size for e in storage.list_files(f"{bucket}/tree")}
     assert sizes["sub/deeper/e.jsonl"] == len(b"sub/deeper/e.jsonl")
+    # A folder given as input means its data files, as on disk (not hidden ones, not other files)
+    shards = list_shards(InputConfig(path=(f"{bucket}/tree",)))
+    assert [(s.name, s.format, s.size) for s in shards] == [("a", "jsonl", 7), ("b", "jsonl", 10), ("c", "parquet", 9)]
+    assert [s.name for s in list_shards(InputConfig(path=(str(tmp_path),)))] == ["a", "b", "c"]
 
 
 def test_a_write_is_invisible_until_commit_and_abort_leaves_no_key(bucket):
@@ -185,6 +189,7 @@ def test_run_from_and_to_s3_equals_local_disk_on_both_executors_and_resumes(buck
         assert digest_uri(f"{bucket}/out-local/{part}") == expected
         assert digest_uri(f"{bucket}/out-ray/{part}") == expected
     assert on_store["output"] == local["output"] == on_ray["output"]
+    assert on_ray["one_schema"]["kept_rewritten"] > 0  # the union-schema rewrite ran in the bucket
     assert on_store["input"]["docs"] == local["input"]["docs"]
     # A plain reader listing the output sees the shards and nothing half-written or temporary.
     keys = keys_in(f"{bucket}/out-ray")
