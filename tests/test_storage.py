@@ -357,3 +357,40 @@ def test_packed_shards_and_pack_json_in_a_bucket_equal_local_disk(bucket, shards
     data[0] ^= 1
     storage.write_bytes(bin_key, bytes(data))
     assert any("sha256 does not match" in problem for problem in validate(f"{bucket}/out/manifest.json"))
+
+
+def test_an_upload_that_fails_transiently_is_retried_and_a_refused_one_is_not(bucket, monkeypatch):
+    """The upload of a finished file is idempotent (same bytes, same key): a dropped connection is
+    retried with backoff; an error that retrying cannot fix (access denied) is reported at once."""
+    real_resolve = storage.resolve
+    failures = {"left": 2, "message": "AWS Error NETWORK_CONNECTION during UploadPart operation: connection reset"}
+    calls = []
+
+    class Flaky:
+        def __init__(self, filesystem):
+            self.filesystem = filesystem
+
+        def open_output_stream(self, path, **options):
+            calls.append(path)
+            if failures["left"]:
+                failures["left"] -= 1
+                raise OSError(failures["message"])
+            return self.filesystem.open_output_stream(path, **options)
+
+    def flaky_resolve(location):
+        filesystem, path = real_resolve(location)
+        return (Flaky(filesystem) if storage.is_uri(location) else filesystem), path
+
+    monkeypatch.setattr(storage, "resolve", flaky_resolve)
+    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)  # the backoff, without the wait
+    storage.write_json(f"{bucket}/retried.json", {"a": 1})
+    assert len(calls) == 3
+    monkeypatch.setattr(storage, "resolve", real_resolve)
+    assert storage.read_json(f"{bucket}/retried.json") == {"a": 1}
+
+    monkeypatch.setattr(storage, "resolve", flaky_resolve)
+    failures.update(left=5, message="AWS Error ACCESS_DENIED during PutObject operation: Access Denied")
+    calls.clear()
+    with pytest.raises(storage.StorageError, match=r"refused.json: cannot upload it .*credentials"):
+        storage.write_json(f"{bucket}/refused.json", {"a": 1})
+    assert len(calls) == 1
