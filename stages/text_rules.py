@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from curation.stage import TEXT, drop_rows, live_mask
 from curation.stages import text_rules_native as rules_native
+from curation.stages.code_point_tables import cached
 
 CJK_CHAR = r"([\p{Han}\p{Hiragana}\p{Katakana}])"
 CJK_LANGUAGES = ("zh", "ja")
@@ -305,6 +306,11 @@ def _code_points() -> tuple[np.ndarray, pa.Array]:
 
 @functools.cache
 def unicode_classes() -> np.ndarray:
+    """The classes of every code point (see _build_unicode_classes), cached on disk across processes."""
+    return cached("rule_classes", _build_unicode_classes)
+
+
+def _build_unicode_classes() -> np.ndarray:
     """The classes of every code point (uint16), from the Arrow functions and expressions the numpy path
     uses, so that the kernels and the numpy path agree by construction: SPACE as utf8_split_whitespace
     splits, CJK, LETTER (\\pL), TRIM (what utf8_trim_whitespace removes), WORD and RE_SPACE (TREEBANK_TOKEN's
@@ -342,6 +348,11 @@ def unicode_flags() -> np.ndarray:
 
 @functools.cache
 def lower_ascii() -> np.ndarray:
+    """See _build_lower_ascii; cached on disk across processes."""
+    return cached("rule_lower_ascii", _build_lower_ascii)
+
+
+def _build_lower_ascii() -> np.ndarray:
     """Per code point, the ASCII byte utf8_lower makes of it, or 0 where its lower case is not ASCII
     (the c4 kernel looks for ASCII phrases in lower-cased lines; "K", the Kelvin sign, lower-cases to "k")."""
     points, chars = _code_points()

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.stages.code_point_tables import cached
 from curation.stages.quality import lm_text
 
 LIBRARY = "libcuration_kenlm.so"
@@ -55,7 +56,15 @@ def library() -> ctypes.CDLL | None:
 
 @functools.cache
 def unicode_tables() -> tuple[np.ndarray, np.ndarray]:
-    """(flags per code point: SPACE | PUNCT | CJK, lower-case code point per code point), from Arrow."""
+    """(flags per code point: SPACE | PUNCT | CJK, lower-case code point per code point), from Arrow,
+    cached on disk across processes (stages/code_point_tables.py)."""
+    depends = (lm_text.UNICODE_PUNCT, lm_text.CJK_CHAR)
+    return (cached("kenlm_flags", lambda: _build_unicode_tables()[0], *depends),
+            cached("kenlm_lower", lambda: _build_unicode_tables()[1], *depends))
+
+
+@functools.cache
+def _build_unicode_tables() -> tuple[np.ndarray, np.ndarray]:
     points = np.concatenate([np.arange(0, 0xD800), np.arange(0xE000, 0x110000)]).astype(np.uint32)
     # one code point per string, built from the UTF-32 bytes in one go
     chars = pa.array(np.frombuffer(points.astype("<u4").tobytes(), dtype="<U1"), pa.string())
