@@ -6,6 +6,11 @@ the shard it held, which is retried on a new actor; a killed driver is resumed b
 command again, which skips every shard whose marker exists. Output bytes do not depend on the
 executor, on the number of workers or on interruptions.
 
+The output folder and the inputs may be in object storage (`s3://bucket/run`): every file goes through
+`curation.storage`, whose docstring gives the commit protocol on a store without rename (a spool file
+uploaded straight to the final key, visible only once complete; a retried shard uploads the same
+bytes). Finished shards are found with one listing of each marker folder, not a request per shard.
+
 Why plain actors and not Ray Data `map_batches`: outputs are per input shard with a completion marker
 each (resumable, atomic, traceable), which Ray Data's writers do not give; and one actor per CPU that
 reads, runs and writes a whole shard keeps the CPUs busy without the read tasks that an actor pool
