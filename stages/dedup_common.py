@@ -3,7 +3,6 @@ applying them to a shard (drop the duplicates, add `duplicate_of` and `dup_clust
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
@@ -11,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.io import AtomicParquetWriter
 from curation.stage import BatchPosition, drop_rows, set_column
 
@@ -35,7 +35,7 @@ def partition_of(values: pa.Array, partitions: int) -> np.ndarray:
 def partition_keys(args: tuple[str, str, int, str]) -> int:
     """Shuffle map (a Ray task): split one shard's spilled keys into partitions by `column`."""
     keys_path, parts_dir, partitions, column = args
-    table = pq.read_table(keys_path)
+    table = pq.read_table(storage.parquet_source(keys_path))  # a path, or a URI under an s3:// output
     part = partition_of(table.column(column).combine_chunks(), partitions) if table.num_rows else np.zeros(0, np.int32)
     write_partitions(table, part, parts_dir, os.path.basename(keys_path), partitions)
     return table.num_rows
@@ -50,12 +50,10 @@ def write_partitions(table: pa.Table, part: np.ndarray, parts_dir: str, name: st
 
 
 def read_partition(part_dir: str) -> pa.Table | None:
-    import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
-
-    files = sorted(glob.glob(os.path.join(part_dir, "*.parquet")))
+    files = storage.parquet_files(part_dir)  # one listing, on disk or in a bucket
     if not files:
         return None
-    return ds.dataset(files, format="parquet").to_table()
+    return storage.dataset(files, format="parquet").to_table()
 
 
 class AppliesDecisions:
@@ -67,10 +65,12 @@ class AppliesDecisions:
         import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
 
         # Files that hold many shards (exact_dedup: one per partition, filtered here) and a folder per
-        # shard (minhash_dedup: decisions/sNNNNNN/, one file per shard of cluster roots).
-        files = sorted(glob.glob(os.path.join(work_dir, "decisions", "*.parquet")))
-        files += sorted(glob.glob(os.path.join(work_dir, "decisions", f"s{shard_index:06d}", "*.parquet")))
-        table = ds.dataset(files, format="parquet", schema=DECISION_SCHEMA).to_table(filter=ds.field("shard") == shard_index)
+        # shard (minhash_dedup: decisions/sNNNNNN/, one file per shard of cluster roots); listed through
+        # the storage layer, so the work folder may be in a bucket.
+        files = storage.parquet_files(os.path.join(work_dir, "decisions"))
+        files += storage.parquet_files(os.path.join(work_dir, "decisions", f"s{shard_index:06d}"))
+        table = storage.dataset(files, format="parquet", schema=DECISION_SCHEMA).to_table(
+            filter=ds.field("shard") == shard_index)
         self._decisions = table.sort_by("row")
         self._rows = self._decisions.column("row").to_numpy()
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.io import write_json_atomic
 
 FORMAT = "curation-dedup-index"
@@ -104,8 +105,8 @@ def index_parts(paths: tuple[str, ...], stage: str, settings: dict[str, Any]) ->
 def run_token(work_dir: str, keys_paths: list[str]) -> str:
     """Names the run that writes an index: its work folder and spilled key files. A resumed run finds
     its own published index and does not write it again; another run is refused the folder."""
-    spilled = [(os.path.basename(p), os.path.getsize(p)) for p in keys_paths]
-    return hashlib.sha256(json.dumps([os.path.abspath(work_dir), spilled]).encode()).hexdigest()[:16]
+    spilled = [(os.path.basename(p), storage.size(p)) for p in keys_paths]  # p may be a URI
+    return hashlib.sha256(json.dumps([storage.normalise(work_dir), spilled]).encode()).hexdigest()[:16]
 
 
 def begin_write(path: str, stage: str, token: str) -> bool:

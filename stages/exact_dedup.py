@@ -18,7 +18,6 @@ hash not already indexed: 16 bytes of hash and the id per kept document.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import os
 from typing import Any
@@ -28,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.io import AtomicParquetWriter
 from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStage, live_mask, register_stage
 from curation.stages import dedup_index
@@ -56,7 +56,7 @@ def _partition_index(args: tuple[str, int, str, int]) -> int:
     """Shuffle map of an index part: its (hash, id) rows as keys of shard `shard` (negative: before
     the corpus), split into partitions like the spilled keys."""
     index_path, shard, parts_dir, partitions = args
-    index = pq.read_table(index_path).cast(INDEX_SCHEMA)
+    index = pq.read_table(storage.parquet_source(index_path)).cast(INDEX_SCHEMA)
     table = pa.table({"hash": index.column("hash"), "shard": pa.array(np.full(index.num_rows, shard, np.int32)),
                       "row": pa.array(np.arange(index.num_rows, dtype=np.int64)), "id": index.column("id")})
     part = partition_of(table.column("hash").combine_chunks(), partitions)
@@ -67,11 +67,9 @@ def _partition_index(args: tuple[str, int, str, int]) -> int:
 def _reduce_partition(args: tuple[str, str, str | None]) -> dict[str, int]:
     """Shuffle reduce: within one partition, keep the first copy of each hash; with an index to write,
     also the (hash, id) of each kept copy that no index held."""
-    import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
-
     part_dir, out_path, index_out = args
-    files = sorted(glob.glob(os.path.join(part_dir, "*.parquet")))
-    table = ds.dataset(files, format="parquet").to_table() if files else None
+    files = storage.parquet_files(part_dir)  # one listing, on disk or in a bucket
+    table = storage.dataset(files, format="parquet").to_table() if files else None
     if table is None or table.num_rows == 0:
         AtomicParquetWriter(out_path, schema=DECISION_SCHEMA).commit()
         if index_out:

@@ -394,3 +394,28 @@ def test_an_upload_that_fails_transiently_is_retried_and_a_refused_one_is_not(bu
     with pytest.raises(storage.StorageError, match=r"refused.json: cannot upload it .*credentials"):
         storage.write_json(f"{bucket}/refused.json", {"a": 1})
     assert len(calls) == 1
+
+
+def test_exact_dedup_spills_shuffles_and_decides_in_the_bucket(bucket, shards, tmp_path, ray_instance):
+    """A global stage with the run in a bucket: keys spilled by the workers, the shuffle's partitions,
+    the decisions, the next pass's intermediates and the aggregate marker all live under
+    s3://.../_work and _state; the result equals a local-disk run, and _work is gone after it."""
+    import shutil
+
+    folder = tmp_path / "in"
+    shutil.copytree(shards, folder)
+    # the same documents again under another name: exact duplicates across shards
+    shutil.copy(folder / "a_gum.jsonl", folder / "g_gum_copy.jsonl")
+    upload_folder(folder, f"{bucket}/in")
+    stages = [{"name": "exact_dedup", "partitions": 4}, {"name": "length_filter", "min_chars": 50}]
+    local = run(str(folder / "*"), str(tmp_path / "local"), "local", stages=stages)
+    on_ray = run(f"{bucket}/in/*", f"{bucket}/out", "ray", stages=stages)
+    assert local["stages"][0]["dropped"].get("exact_duplicate", 0) >= 60
+    assert on_ray["output"] == local["output"] and on_ray["stages"][0]["dropped"] == local["stages"][0]["dropped"]
+    for part in ("kept", "rejected"):
+        assert digest_uri(f"{bucket}/out/{part}") == digest_local(tmp_path / "local" / part)
+    keys = keys_in(f"{bucket}/out")
+    assert not [k for k in keys if k.startswith("_work/") or ".tmp-" in k]
+    assert [k for k in keys if k.endswith(".aggregate.json")] == ["_state/00_exact_dedup.aggregate.json"]
+    again = run(f"{bucket}/in/*", f"{bucket}/out", "local", stages=stages)
+    assert again["shards"]["skipped_done"] == 7 and again["output"] == local["output"]
