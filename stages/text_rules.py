@@ -71,7 +71,7 @@ def to_numpy_bool(values: pa.Array) -> np.ndarray:
 
 
 def cjk_mask(langs: pa.Array | None, n: int, cjk_languages=CJK_LANGUAGES) -> np.ndarray:
-    if langs is None:
+    if langs is None or pa.types.is_null(langs.type):  # no `lang`, or one null all through (JSONL: type null)
         return np.zeros(n, dtype=bool)
     return to_numpy_bool(pc.is_in(langs, value_set=pa.array(list(cjk_languages), pa.string())))
 
@@ -511,7 +511,10 @@ def rows_to_check(batch: pa.RecordBatch, languages: tuple[str, ...] | None) -> n
     """Indices of the live rows a rule stage looks at (those in `languages`, when given)."""
     mask = to_numpy_bool(live_mask(batch))
     if languages is not None and "lang" in batch.schema.names:
-        mask &= to_numpy_bool(pc.is_in(batch.column("lang"), value_set=pa.array(list(languages), pa.string())))
+        langs = batch.column("lang")
+        if pa.types.is_null(langs.type):  # a `lang` null all through: no row is in `languages`
+            langs = langs.cast(pa.string())
+        mask &= to_numpy_bool(pc.is_in(langs, value_set=pa.array(list(languages), pa.string())))
     return np.flatnonzero(mask)
 
 

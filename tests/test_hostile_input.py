@@ -138,3 +138,17 @@ def test_ctrl_c_says_what_was_kept_and_a_rerun_resumes_to_identical_output(tmp_p
     assert main(["run", str(config), "--no-progress"]) == 0
     for part in ("kept", "rejected"):
         assert digest(tmp_path / "out" / part) == digest(tmp_path / "clean" / part)
+
+
+def test_a_lang_column_null_all_through_passes_every_stage_that_reads_it(tmp_path):
+    # the Common Crawl sample's `lang` is null on every row: Arrow reads the column as type null
+    rows = [r for r in read_jsonl("web_commoncrawl_samples.jsonl.gz", 120) if r.get("lang") is None and r["text"]]
+    write_jsonl(tmp_path / "web.jsonl", rows)
+    stages = [{"name": "gopher_quality", "languages": ["en"]}, {"name": "gopher_quality"}, {"name": "gopher_repetition"},
+              {"name": "c4"}, {"name": "fineweb", "languages": ["en", "zh"]}, {"name": "paragraph_dedup"},
+              {"name": "minhash_dedup"}]
+    config = write_config(tmp_path, [str(tmp_path / "web.jsonl")], tmp_path / "out", stages)
+    assert main(["run", str(config), "--no-progress"]) == 0
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["input"]["docs"] == len(rows) > 50
+    assert stats["output"]["kept_docs"] + stats["output"]["rejected_docs"] == len(rows)
