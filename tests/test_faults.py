@@ -68,7 +68,9 @@ def ray_worker_pids() -> list[int]:
 
 
 class Killer(threading.Thread):
-    """SIGKILLs one random worker of ours every 0.3-0.8 s until told to stop."""
+    """SIGKILLs one random worker of ours every 0.6-1.4 s until told to stop. (Every 0.3-0.8 s, a new
+    stage actor, which imports the stages and loads a pass's models before its first shard, was killed
+    again before it finished one about as often as not: the run took 16 minutes on a loaded machine.)"""
 
     def __init__(self, seed: int) -> None:
         super().__init__(daemon=True)
@@ -77,7 +79,7 @@ class Killer(threading.Thread):
 
     def run(self) -> None:
         while self.running:
-            time.sleep(self.rng.uniform(0.3, 0.8))
+            time.sleep(self.rng.uniform(0.6, 1.4))
             pids = ray_worker_pids()
             if not pids or not self.running:
                 continue
