@@ -215,11 +215,6 @@ class PhaseDataset(IterableDataset):
         return {"input_ids": buffer[0], "labels": buffer[1], "position_ids": buffer[2],
                 "cu_seqlens": torch.from_numpy(bounds), "max_seqlen": int(np.diff(bounds).max()) if len(bounds) > 1 else 0}
 
-    def positions_read(self) -> np.ndarray:
-        """The (shard, row) pairs this rank would read from the cursor on (tests, audits)."""
-        positions = self.rank_positions()
-        return np.stack([self.plan.shard_of[positions].astype(np.int64), self.plan.row_of[positions]], axis=1)
-
 
 class PhaseLoader:
     """A DataLoader over a `PhaseDataset` that counts what the trainer consumed: `state_dict()` after
