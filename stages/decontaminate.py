@@ -315,12 +315,13 @@ class Decontaminate(Stage):
     class Config:
         benchmarks: tuple[Benchmark, ...]  # [{name, path, fields, id_field}, ...]
         policy: str = "drop"
-        ngram: int = 13
-        min_ngram: int = 8
-        ngram_cjk: int = 13
-        min_ngram_cjk: int = 10
-        max_segments_per_ngram: int = 10
-        min_content_tokens: int = 3
+        # the index's rules: defaults in one place, IndexRules (the measurement behind them is there)
+        ngram: int = IndexRules.ngram
+        min_ngram: int = IndexRules.min_ngram
+        ngram_cjk: int = IndexRules.ngram_cjk
+        min_ngram_cjk: int = IndexRules.min_ngram_cjk
+        max_segments_per_ngram: int = IndexRules.max_segments_per_ngram
+        min_content_tokens: int = IndexRules.min_content_tokens
         min_ngram_hits: int = 1
         cut_margin: int = 200
         min_piece_chars: int = 200
@@ -357,8 +358,7 @@ class Decontaminate(Stage):
 
     def setup(self) -> None:
         c = self.config
-        rules = IndexRules(ngram=c.ngram, min_ngram=c.min_ngram, ngram_cjk=c.ngram_cjk, min_ngram_cjk=c.min_ngram_cjk,
-                           max_segments_per_ngram=c.max_segments_per_ngram, min_content_tokens=c.min_content_tokens)
+        rules = IndexRules(**{f.name: getattr(c, f.name) for f in dataclasses.fields(IndexRules)})
         self.index, report = build_index(self.items, rules)
         names = [b.name for b in c.benchmarks]
         self._bench_of_item = np.array([names.index(b) for b in self.items.benchmark], dtype=np.int64)
