@@ -1,5 +1,5 @@
 """Near-dedup at scale: `minhash_dedup` on a corpus of several GB built from ../shared/data with
-perturbed copies, on the embedded Ray instance, watching the resident memory of every process.
+perturbed copies, on the embedded Ray instance, watching the resident memory of each of its own processes (the driver and the Ray instance it starts).
 
 The corpus: the shared documents (short sentences and reviews grouped into documents of about 2 KB
 per source and language), each copied until the corpus reaches the size asked for; a copy is exact,
@@ -125,29 +125,71 @@ def build(gb: float, shards: int) -> list[Path]:
     return files
 
 
+def process_kind(name: str) -> str:
+    """A process's kind for the per-kind peaks: the driver, a Ray task or actor by its function name
+    (`ray::_verify_src`), or a Ray service by its executable (raylet, gcs_server, dashboard...)."""
+    if name.startswith("ray::"):
+        return name.split()[0]
+    words = name.split()
+    if not words:
+        return "?"
+    if "python" in Path(words[0]).name and len(words) > 1:  # a Python service: name it by its script
+        script = next((w for w in words[1:] if w.endswith(".py")), words[1])
+        return Path(script).name
+    return Path(words[0]).name
+
+
 class MemoryWatch(threading.Thread):
-    """Samples the resident memory of every process on the machine; keeps each one's peak."""
+    """Samples the resident memory of this process and its descendants (the embedded Ray instance's
+    services and workers are children of the driver), never other work on the machine; keeps each
+    process's peak."""
 
     def __init__(self, interval: float = 0.5) -> None:
         super().__init__(daemon=True)
         self.interval, self.peaks, self.running = interval, {}, True
 
+    @staticmethod
+    def _descendants(root: int) -> set[int]:
+        children: dict[int, list[int]] = defaultdict(list)
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children[ppid].append(int(entry.name))
+        found, todo = {root}, [root]
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+        return found
+
     def run(self) -> None:
         me = os.getpid()
         while self.running:
-            for entry in os.scandir("/proc"):
-                if not entry.name.isdigit():
-                    continue
+            for pid in self._descendants(me):
                 try:
-                    with open(f"/proc/{entry.name}/statm") as handle:
+                    with open(f"/proc/{pid}/statm") as handle:
                         rss = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-                    with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                    with open(f"/proc/{pid}/cmdline", "rb") as handle:
                         name = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
                 except (OSError, IndexError, ValueError):
                     continue  # the process ended meanwhile
-                key = (int(entry.name), "driver" if int(entry.name) == me else name)
+                key = (pid, "driver" if pid == me else name)
                 self.peaks[key] = max(self.peaks.get(key, 0), rss)
             time.sleep(self.interval)
+
+    def by_kind(self) -> dict[str, int]:
+        """The largest peak of each kind of process, in MB."""
+        kinds: dict[str, int] = {}
+        for (_, name), rss in self.peaks.items():
+            kind = process_kind(name)
+            kinds[kind] = max(kinds.get(kind, 0), round(rss / 2**20))
+        return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> None:
@@ -189,6 +231,7 @@ def main() -> None:
         "rejected_docs": stats["output"]["rejected_docs"],
         "spilled_keys_bytes_per_doc": round(sum(spilled.values()) / max(stats["input"]["docs"], 1), 1),
         "spilled_bytes_by_folder": dict(spilled),
+        "peak_rss_mb_by_kind": watch.by_kind(),
         "peak_rss_mb_largest_processes": [{"process": name, "rss_mb": round(rss / 2**20)} for (_, name), rss in peaks[:8]],
         "every_process_below_3gb": all(rss < 3 * 2**30 for rss in watch.peaks.values()),
         "every_process_below_1gb": all(rss < 2**30 for rss in watch.peaks.values()),
