@@ -1,5 +1,6 @@
 """Near-dedup at scale: `minhash_dedup` on a corpus of several GB built from ../shared/data with
-perturbed copies, on the embedded Ray instance, watching the resident memory of each of its own processes (the driver and the Ray instance it starts).
+perturbed copies, on the embedded Ray instance, watching the resident memory of each of its own
+processes (the driver and the Ray instance it starts; other work on the machine is not counted).
 
 The corpus: the shared documents (short sentences and reviews grouped into documents of about 2 KB
 per source and language), each copied until the corpus reaches the size asked for; a copy is exact,
