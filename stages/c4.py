@@ -24,6 +24,11 @@ LOREM_IPSUM, JAVASCRIPT = "lorem ipsum", "javascript"
 POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
 CJK_TRAILING_FRAGMENT = r"([。！？][”」』）]*)[^。！？]+$"
+# A Latin line's unterminated tail after its last sentence end (. ! or ? after two letters or a non-letter,
+# so not an initial as in "John H. McDonald"; then closing quotes or brackets and white space): a signature,
+# a URL, a source line or a last sentence left without its full stop. The tail may hold . ! ? not followed
+# by white space ("news.asp?id=1", "dailyem...@bbc.co.uk") but no sentence end.
+LATIN_TRAILING_FRAGMENT = r"((?:\pL\pL|[^\pL\s])[.!?]+['\"”’)\]]*)\s(?:[^.!?]|[.!?]+[^.!?\s])*$"
 LINE_REASONS = ("too_long_word", "no_terminal_punct", "too_few_words", "javascript", "policy")  # tr_c4's codes 1-5
 DOC_REASONS = ("c4:lorem_ipsum", "c4:curly_bracket", "c4:min_sentences")  # tr_c4's codes 1-3
 CURLY_SCOPES = ("page", "kept_lines", "code_lines")
@@ -59,6 +64,11 @@ class C4(RuleStage):
         # posts and reviews, CCNet-kept pages) write long run-on sentences and lost 40-80% of their documents
         # of 50+ words to it on the tuning half of bench/bench_filter_chain.py.
         min_sentences_words: int | None = None
+        # False (the paper): a line that does not end in terminal punctuation goes, however many sentences
+        # it holds. True: a line holding a sentence end loses only its unterminated tail (what follows its
+        # last sentence end), as CJK lines always do here: informal posts write a paragraph as one line and
+        # end it with a URL, a signature or a sentence left without its full stop.
+        trim_unterminated_tail: bool = False
         # CJK sentences are long (about 48 characters in the MSRA news here): fewer make a page.
         min_sentences_cjk: int | None = 3
         terminal_punctuation: tuple[str, ...] = tr.TERMINAL_PUNCTUATION
@@ -105,7 +115,7 @@ def line_rules(text: pa.Array, cjk: np.ndarray, c: C4.Config, native: bool | Non
     # The kernel implements the paper's and the reference's rules; code_lines and min_sentences_words run in
     # numpy (TODO: in tr_c4, for speed).
     if lib is not None and text.null_count == 0 and ascii_ and c.curly_bracket_scope != "code_lines" \
-            and c.min_sentences_words is None:
+            and c.min_sentences_words is None and not c.trim_unterminated_tail:
         def flag(value) -> int:
             return -1 if value is None else int(value)
 
@@ -144,6 +154,10 @@ def _line_rules_numpy(text: pa.Array, cjk: np.ndarray, c: C4.Config) -> LineRule
         remove("too_long_word", longest > c.max_word_length)
     if c.remove_citations:
         line = pc.replace_substring_regex(line, CITATION, "")
+    if c.filter_no_terminal_punct and c.trim_unterminated_tail and (~line_cjk).any():
+        trimmed = pc.replace_substring_regex(line, LATIN_TRAILING_FRAGMENT, r"\1")
+        line = pc.if_else(pa.array(line_cjk), line, trimmed)
+        n_words = np.where(line_cjk, n_words, tr.words(line, line_cjk).counts)  # the trimmed lines' words
     if c.filter_no_terminal_punct and line_cjk.any():
         # A CJK line is often a whole paragraph of sentences: cut its unterminated tail (a fragment)
         # instead of losing the paragraph; a line with no sentence end at all still goes.

@@ -77,7 +77,8 @@ def test_min_sentences_words_still_drops_fragments_and_menus():
     assert reasons.count("c4:min_sentences") == len(texts)
 
 
-@pytest.mark.parametrize("options", [{"curly_bracket_scope": "code_lines"}, {"min_sentences_words": 30}])
+@pytest.mark.parametrize("options", [{"curly_bracket_scope": "code_lines"}, {"min_sentences_words": 30},
+                                     {"trim_unterminated_tail": True}])
 def test_new_options_run_the_same_with_or_without_the_kernel(options):
     texts = [r["text"] for name in ("en_ud_ewt_web_docs.jsonl.gz", "web_commoncrawl_samples.jsonl.gz")
              for r in read_jsonl(name, limit=300) if r["text"]]
@@ -91,5 +92,49 @@ def test_new_options_run_the_same_with_or_without_the_kernel(options):
 def test_paper_defaults_are_unchanged():
     config = C4.Config()
     assert config.curly_bracket_scope == "page" and config.min_sentences_words is None
+    assert not config.trim_unterminated_tail
     with pytest.raises(ValueError, match="curly_bracket_scope"):
         C4.Config(curly_bracket_scope="code")
+
+
+# A weblog post written as one line that ends in its source URL, and a newsgroup alert whose last paragraph
+# ends in an unsubscribe URL (UD EWT): paragraphs of real sentences with an unterminated tail.
+WEBLOG_POST = "ewt-weblog-juancole.com_juancole_20030914114200_ENG_20030914_114200"
+NEWS_ALERT = "ewt-newsgroup-groups.google.com_n3td3v_a04e0c855b022009_ENG_20051207_035500"
+
+
+def c4_text(texts: list[str], **options) -> list[str]:
+    stage = build_stage({"name": "c4", **options})
+    stage.setup()
+    batch = pa.RecordBatch.from_pydict({"id": [str(i) for i in range(len(texts))], "text": texts,
+                                        DROP_REASON: pa.nulls(len(texts), pa.string())})
+    return stage(batch).column("text").to_pylist()
+
+
+def test_trim_unterminated_tail_keeps_the_sentences_of_a_line():
+    ewt = "en_ud_ewt_web_docs.jsonl.gz"
+    post, alert = by_id(ewt, WEBLOG_POST), by_id(ewt, NEWS_ALERT)
+    assert c4_reasons([post, alert], min_sentences_words=30) == ["c4:min_sentences"] * 2  # the paper's line rule
+    options = {"min_sentences_words": 30, "trim_unterminated_tail": True}
+    assert c4_reasons([post, alert], **options) == [None, None]
+    kept_post, kept_alert = c4_text([post, alert], **options)
+    assert post.startswith(kept_post) and kept_post.endswith("they refuse to go quietly.")
+    assert "http" not in kept_post
+    assert kept_alert.endswith("someone forwarded it to you.") and "bbc.co.uk/email" not in kept_alert
+
+
+def test_trim_unterminated_tail_leaves_initials_and_fragments_alone():
+    import pyarrow.compute as pc
+
+    from curation.stages.c4 import LATIN_TRAILING_FRAGMENT
+
+    def trim(line: str) -> str:
+        return pc.replace_substring_regex(pa.array([line]), LATIN_TRAILING_FRAGMENT, r"\1")[0].as_py()
+
+    assert trim("Statistics by John H. McDonald") == "Statistics by John H. McDonald"  # no sentence end
+    assert trim("It was fine. See http://x.com/a.asp?id=1") == "It was fine."
+    assert trim('He said "go." Posted via news.com') == 'He said "go."'
+    assert trim("It was fine.") == "It was fine."
+    junk = junk_documents(seed=3, per_kind=20)
+    texts = junk["fragments"] + junk["menu"]
+    assert c4_reasons(texts, min_sentences_words=30, trim_unterminated_tail=True).count("c4:min_sentences") == len(texts)
