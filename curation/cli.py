@@ -16,6 +16,7 @@ from curation.errors import CurationError
 from curation.executor import PipelineError, RunOptions, make_backend, run_pipeline
 from curation.io import InputError, OutputError, write_json_atomic
 from curation.job import is_job, load_job, run_job
+from curation.job_config import PackSection
 from curation.manifest import ManifestError
 from curation.stage import GlobalStage, registered_stages
 from curation.stages.model_files import ModelError, fetch_lid_model
@@ -25,9 +26,9 @@ from curation.tokenizer.encode import EncodeError, Encoder
 from curation.tokenizer.evaluate import evaluate
 from curation.tokenizer.export import export_megatron
 from curation.tokenizer.packed_folder import load_summary
-from curation.tokenizer.sample import SampleError, SampleSpec
+from curation.tokenizer.sample import DEFAULT_BUDGET_MB, DEFAULT_SHARES, GROUP_COLUMN, SampleError, SampleSpec
 from curation.tokenizer.shards import ShardError
-from curation.tokenizer.train import CountOptions, TokenizerError, train_from_shards
+from curation.tokenizer.train import DEFAULT_METHOD, METHODS, UINT16_VOCAB, CountOptions, TokenizerError, train_from_shards
 
 log = logging.getLogger("curation")
 
@@ -228,17 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     tok = command("train-tokenizer", "Train the byte-level BPE vocabulary (65,536 ids by default) on a language-balanced sample of curated shards.")
     tok.add_argument("inputs", nargs="+", help="curated Parquet/JSONL shards (e.g. OUT/kept)")
     tok.add_argument("--out", required=True, help="folder for tokenizer.json")
-    tok.add_argument("--vocab-size", type=int, default=65536)
+    tok.add_argument("--vocab-size", type=int, default=UINT16_VOCAB)
     tok.add_argument("--no-uint16", action="store_true", help="allow a vocabulary over 65,536")
-    tok.add_argument("--shares", default="en=0.5,zh=0.3,other=0.2", help="byte shares per group, e.g. en=0.5,zh=0.3,other=0.2")
-    tok.add_argument("--budget-mb", type=float, default=100, help="sample size in MB of text")
-    tok.add_argument("--seed", type=int, default=0)
-    tok.add_argument("--group-column", default="lang_group", help="column naming each row's group (lid writes lang_group)")
+    tok.add_argument("--shares", default=",".join(f"{k}={v}" for k, v in DEFAULT_SHARES.items()),
+                     help="byte shares per group, e.g. en=0.5,zh=0.3,other=0.2")
+    tok.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET_MB, help="sample size in MB of text")
+    tok.add_argument("--seed", type=int, default=SampleSpec.seed)
+    tok.add_argument("--group-column", default=GROUP_COLUMN, help="column naming each row's group (lid writes lang_group)")
     tok.add_argument("--text-column", default="text")
-    tok.add_argument("--method", choices=["counts", "stream"], default="counts",
+    tok.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
                      help="counts: count pre-tokens on Ray, prune, train from counts (bounded memory); stream: plain train_from_iterator")
-    tok.add_argument("--min-count", type=int, default=2, help="counts: drop pre-tokens seen fewer times")
-    tok.add_argument("--max-words", type=int, default=2_000_000, help="counts: distinct pre-tokens the trainer holds")
+    tok.add_argument("--min-count", type=int, default=CountOptions.min_count, help="counts: drop pre-tokens seen fewer times")
+    tok.add_argument("--max-words", type=int, default=CountOptions.max_words, help="counts: distinct pre-tokens the trainer holds")
     tok.add_argument("--executor", choices=["ray", "local"], default="ray")
     tok.add_argument("--address", help="an existing Ray cluster")
     tok.set_defaults(func=_cmd_train_tokenizer)
@@ -254,10 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("inputs", nargs="+", help="curated Parquet/JSONL shards, folders or globs (e.g. OUT/kept)")
     pack.add_argument("--tokenizer", required=True, help="tokenizer.json (curation train-tokenizer)")
     pack.add_argument("--out", required=True, help="folder for the packed shards (OUT/<source>/...) and pack.json")
-    pack.add_argument("--seq-len", type=int, default=2048)
-    pack.add_argument("--strategy", choices=["concat", "bestfit"], default="concat")
-    pack.add_argument("--window", type=int, default=64, help="bestfit: open bins")
-    pack.add_argument("--dtype", choices=["uint16", "uint32", "auto"], default="uint16")
+    # the defaults are the `pack` stage's (PackSection takes them from its Config)
+    pack.add_argument("--seq-len", type=int, default=PackSection.seq_len)
+    pack.add_argument("--strategy", choices=["concat", "bestfit"], default=PackSection.strategy)
+    pack.add_argument("--window", type=int, default=PackSection.window, help="bestfit: open bins")
+    pack.add_argument("--dtype", choices=["uint16", "uint32", "auto"], default=PackSection.dtype)
     pack.add_argument("--source", action="append", help="NAME=PATTERN[,PATTERN]: input files (by stem) of a source; repeatable")
     pack.add_argument("--source-column", default="dataset", help="column naming each document's source ('' for none)")
     pack.add_argument("--text-column", default="text")

@@ -6,16 +6,17 @@ A pipeline YAML with any of these extra sections runs them around the curation s
                      min_holdout_docs, calibrate: {LANG: [documents for the bucket cut-offs...]}}
         trained first when `dir` lacks them (curation train-lm)
     (the pipeline itself: input, output, executor, stages -> OUT/kept, OUT/rejected, OUT/stats.json)
-    tokenizer: {vocab_size, budget_mb, shares, seed, group_column, holdout_fraction, eval_mb}
+    tokenizer: {vocab_size, budget_mb, shares, seed, group_column, holdout_fraction, eval_mb, method}
         trained on a language-balanced sample of OUT/kept, less a held-out slice (by a hash of the
         document id) on which it is evaluated -> OUT/tokenizer/tokenizer.json, OUT/tokenizer/eval.json
-    pack: {seq_len, strategy, window}
+    pack: {seq_len, strategy, window, dtype}
         OUT/kept tokenized and packed per source (the input's `dataset` column) -> OUT/packed
     phases: {seed, sources, phases}
         the phase manifest over OUT/packed -> OUT/phases.yaml, OUT/manifest.json
     report: true
         OUT/report.html (self-contained)
 
+Each section is a frozen dataclass of curation/job_config.py, checked when the config is loaded.
 A step whose output exists is skipped, so running the same command again resumes where it stopped
 (the curation and pack runs resume shard by shard themselves). `job.json` records each step's time.
 """
@@ -35,6 +36,8 @@ import yaml
 from curation.config import PipelineConfig, pipeline_from_dict, read_yaml, with_overrides
 from curation.executor import RunOptions, make_backend, run_pipeline
 from curation.io import write_json_atomic
+from curation.job_config import SECTIONS, JobSections, PackSection, PhasesSection, QualityModelsSection, \
+    TokenizerSection, sections_from_dict
 from curation.manifest import build_manifest
 from curation.report import write_report
 from curation.stages.quality.models import KenlmTraining, read_meta, train_classifier, train_kenlm
@@ -45,19 +48,11 @@ from curation.tokenizer.train import train_from_shards
 
 log = logging.getLogger(__name__)
 
-JOB_SECTIONS = ("quality_models", "tokenizer", "pack", "phases", "report")
-# Documents of OUT/kept held out of the tokenizer's sample for its evaluation, by a hash of the id: 2% of
-# the ids of ../shared/data is 3,787 of 194,054 documents and 1.07 of 56.2 MB before curation, enough for
-# bytes per token per group and next to nothing beside a sample of tens of MB. At most EVAL_MB per group
-# are encoded (the evaluation's time stays bounded on a large corpus).
-HOLDOUT_FRACTION = 0.02
-EVAL_MB = 4.0
 
-
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Job:
     pipeline: PipelineConfig
-    sections: dict[str, Any]
+    sections: JobSections
     source: str
 
     @property
@@ -70,8 +65,9 @@ def load_job(path: str | Path, **overrides: Any) -> Job:
     raw = read_yaml(path, "job config")
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a pipeline config is a mapping")
-    sections = {k: raw.pop(k) for k in JOB_SECTIONS if k in raw}
-    pipeline = with_overrides(pipeline_from_dict(raw, str(path)), **overrides)
+    sections = sections_from_dict(raw, str(path))
+    pipeline = pipeline_from_dict({k: v for k, v in raw.items() if k not in SECTIONS}, str(path))
+    pipeline = with_overrides(pipeline, **overrides)
     return Job(pipeline, sections, str(path))
 
 
@@ -80,37 +76,30 @@ def is_job(path: str | Path) -> bool:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return False
-    return isinstance(raw, dict) and any(k in raw for k in JOB_SECTIONS)
+    return isinstance(raw, dict) and any(k in raw for k in SECTIONS)
 
 
-def _train_quality_models(spec: dict[str, Any]) -> None:
-    folder = Path(spec["dir"])
+def _train_quality_models(spec: QualityModelsSection) -> None:
+    folder = Path(spec.dir)
     meta = read_meta(folder) if (folder / "quality.json").exists() else {}
-    calibrate = spec.get("calibrate") or {}
-    for lang, gold in (spec.get("kenlm") or {}).items():
+    for lang, gold in spec.kenlm.items():
         if lang not in meta.get("kenlm", {}):
             log.info("training the KenLM quality model for %s", lang)
-            # cut-offs from at least 50 held-out gold documents (English WikiText + GUM gave 14 at every
-            # 20th: the tail cut-off then moves over 0.317-0.374 with the draw, 0.335-0.357 with 50)
-            train_kenlm(KenlmTraining(lang=lang, inputs=list(gold), out=folder,
-                                      min_holdout_docs=int(spec.get("min_holdout_docs", 50)),
-                                      calibrate=list(calibrate[lang]) if lang in calibrate else None))
-    for lang, sides in (spec.get("classifier") or {}).items():
+            calibrate = list(spec.calibrate[lang]) if lang in spec.calibrate else None
+            train_kenlm(KenlmTraining(lang=lang, inputs=list(gold), out=folder, min_holdout_docs=spec.min_holdout_docs,
+                                      calibrate=calibrate))
+    for lang, sides in spec.classifier.items():
         if lang not in meta.get("classifier", {}):
             log.info("training the quality classifier for %s", lang)
-            train_classifier(lang, list(sides["gold"]), list(sides["negative"]), folder)
+            train_classifier(lang, list(sides.gold), list(sides.negative), folder)
 
 
-def _train_tokenizer(job: Job, spec: dict[str, Any], backend) -> Path:
+def _train_tokenizer(job: Job, spec: TokenizerSection, backend) -> Path:
     target = job.out / "tokenizer" / "tokenizer.json"
     if target.exists():
         return target
-    sample = SampleSpec(shares=dict(spec.get("shares") or {"en": 0.5, "zh": 0.3, "other": 0.2}),
-                        budget_bytes=int(float(spec.get("budget_mb", 100)) * 1e6), seed=int(spec.get("seed", 0)),
-                        group_column=spec.get("group_column", "lang_group"),
-                        holdout_fraction=float(spec.get("holdout_fraction", HOLDOUT_FRACTION)))
-    return train_from_shards([str(job.out / "kept")], target.parent, sample, vocab_size=int(spec.get("vocab_size", 65536)),
-                             method=spec.get("method", "counts"), backend=backend)
+    return train_from_shards([str(job.out / "kept")], target.parent, spec.sample(), vocab_size=spec.vocab_size,
+                             method=spec.method, backend=backend)
 
 
 def _evaluate_tokenizer(tokenizer: Path, kept: Path, max_bytes: int) -> dict[str, Any]:
@@ -150,10 +139,10 @@ def _evaluate_tokenizer(tokenizer: Path, kept: Path, max_bytes: int) -> dict[str
     return report
 
 
-def _pack(job: Job, tokenizer: Path, spec: dict[str, Any], options: RunOptions) -> Path:
+def _pack(job: Job, tokenizer: Path, spec: PackSection, options: RunOptions) -> Path:
     packed = job.out / "packed"
     stage = {"name": "pack", "tokenizer": str(tokenizer), "source_column": job.pipeline.input.source_column,
-             **{k: v for k, v in spec.items() if k in ("seq_len", "strategy", "window", "dtype")}}
+             **dataclasses.asdict(spec)}
     config = pipeline_from_dict({
         "input": {"path": [str(job.out / "kept")], "format": "parquet"},
         "output": {"path": str(packed), "documents": False},
@@ -164,9 +153,9 @@ def _pack(job: Job, tokenizer: Path, spec: dict[str, Any], options: RunOptions) 
     return packed
 
 
-def _manifest(job: Job, spec: dict[str, Any]) -> Path:
+def _manifest(job: Job, spec: PhasesSection) -> Path:
     phases_path = job.out / "phases.yaml"
-    phases_path.write_text(yaml.safe_dump({"root": "packed", **spec}, sort_keys=False))
+    phases_path.write_text(yaml.safe_dump({"root": "packed", **spec.to_yaml_dict()}, sort_keys=False))
     target = job.out / "manifest.json"
     build_manifest(phases_path, target)
     return target
@@ -186,26 +175,22 @@ def run_job(job: Job, options: RunOptions | None = None) -> dict[str, Any]:
         return result
 
     s = job.sections
-    if "quality_models" in s:
-        step("quality_models", _train_quality_models, s["quality_models"])
+    if s.quality_models is not None:
+        step("quality_models", _train_quality_models, s.quality_models)
     with make_backend(job.pipeline.executor) as backend:  # one Ray instance for every step
         stats = step("curation", run_pipeline, job.pipeline, options)
         record["curation"] = {"kept_docs": stats["output"]["kept_docs"], "kept_bytes": stats["output"]["kept_bytes"]}
         tokenizer = None
-        if "tokenizer" in s:
-            tokenizer = step("tokenizer", _train_tokenizer, job, s["tokenizer"], backend)
-        if "pack" in s:
-            if tokenizer is None:
-                raise ValueError(f"{job.source}: `pack` needs a `tokenizer` section (the vocabulary to pack with)")
-            step("pack", _pack, job, tokenizer, s["pack"], options)
-    if "phases" in s:
-        if "pack" not in s:
-            raise ValueError(f"{job.source}: `phases` needs a `pack` section (the sources it mixes)")
-        step("manifest", _manifest, job, s["phases"])
-    if tokenizer is not None and s.get("report"):
+        if s.tokenizer is not None:
+            tokenizer = step("tokenizer", _train_tokenizer, job, s.tokenizer, backend)
+        if s.pack is not None:
+            step("pack", _pack, job, tokenizer, s.pack, options)
+    if s.phases is not None:
+        step("manifest", _manifest, job, s.phases)
+    if tokenizer is not None and s.report:
         target = job.out / "tokenizer" / "eval.json"
         if not target.exists():
-            max_bytes = int(float(s["tokenizer"].get("eval_mb", EVAL_MB)) * 1e6)
+            max_bytes = int(s.tokenizer.eval_mb * 1e6)
             write_json_atomic(target, step("tokenizer_eval", _evaluate_tokenizer, tokenizer, job.out / "kept", max_bytes))
     previous = job.out / "job.json"
     if previous.exists():  # a resumed job: keep the times of the steps done before
@@ -214,10 +199,9 @@ def run_job(job: Job, options: RunOptions | None = None) -> dict[str, Any]:
             if timings.get(name, 0) < 1.0 and seconds > timings.get(name, 0):
                 timings[name] = seconds
     write_json_atomic(previous, record)
-    if s.get("report"):
-
-        models = s.get("quality_models", {})
-        record["report"] = str(step("report", write_report, job.out, models.get("dir"),
-                                    {lang: list(files) for lang, files in (models.get("kenlm") or {}).items()}))
+    if s.report:
+        models = s.quality_models
+        record["report"] = str(step("report", write_report, job.out, models.dir if models else None,
+                                    {lang: list(files) for lang, files in models.kenlm.items()} if models else {}))
         write_json_atomic(previous, record)
     return record

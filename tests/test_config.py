@@ -19,9 +19,22 @@ def test_example_job_loads():
     assert config.executor.kind == "ray"
     assert [s["name"] for s in config.stages][0] == "lid"
     assert config.input.empty_text == "drop"
-    assert {"quality_models", "tokenizer", "pack", "phases", "report"} <= set(job.sections)
+    sections = job.sections
+    assert sections.quality_models and sections.tokenizer and sections.pack and sections.phases and sections.report
     with pytest.raises(ValueError, match="unknown top-level key"):
         load_pipeline(path)  # a job is not a plain pipeline: `curation run` tells them apart
+
+
+def test_demo_phases_section_is_written_as_given():
+    """OUT/phases.yaml holds the typed `phases` section: the demo's, byte for byte as the section reads."""
+    import yaml
+
+    from curation.job import load_job
+
+    path = Path(__file__).parents[1] / "manifests" / "demo.yaml"
+    raw = yaml.safe_load(path.read_text())["phases"]
+    written = yaml.safe_dump({"root": "packed", **load_job(path).sections.phases.to_yaml_dict()}, sort_keys=False)
+    assert written == yaml.safe_dump({"root": "packed", **raw}, sort_keys=False)
 
 
 def test_defaults_and_overrides():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -229,3 +230,57 @@ def test_report_says_what_trained_the_models_and_what_was_held_out(local_job):
     assert "e+0" not in page  # no 1.941e+05
     held = json.loads((out / "tokenizer" / "eval.json").read_text())["held_out"]
     assert f"{held['docs']:,} documents" in page
+
+
+GOOD_SECTIONS = {"quality_models": {"dir": "models", "kenlm": {"en": ["gold.jsonl"]}},
+                 "tokenizer": {"vocab_size": 2000, "budget_mb": 2}, "pack": {"seq_len": 256},
+                 "phases": {"sources": {"web": {}}, "phases": [{"name": "one", "tokens": 1000, "weights": {"web": 1.0}}]},
+                 "report": True}
+
+
+@pytest.mark.parametrize("section, value, message", [
+    ("quality_models", {"dir": "models", "kenlm": {"en": "gold.jsonl"}},
+     r"'quality_models': option 'kenlm' must be a mapping of a string to a list of strings, got a mapping"),
+    ("quality_models", {"dir": "models", "classifier": {"en": {"gold": ["g"], "negatives": ["w"]}}},
+     r"'quality_models.classifier.en': unknown key\(s\) negatives; allowed: gold, negative"),
+    ("quality_models", {"kenlm": {}}, r"'quality_models': dir required"),
+    ("tokenizer", {"vocab_size": 2000, "budget": 2}, r"'tokenizer': unknown key\(s\) budget; allowed: vocab_size, budget_mb"),
+    ("tokenizer", {"budget_mb": "40"}, r"'tokenizer': option 'budget_mb' must be a number, got the string '40'"),
+    ("tokenizer", {"vocab_size": 100}, r"'tokenizer': vocab_size 100 is under the byte alphabet"),
+    ("tokenizer", {"holdout_fraction": 0.7}, r"'tokenizer': holdout_fraction must be in \[0, 0.5\)"),
+    ("pack", {"seq_len": 256, "stride": 2}, r"'pack': unknown key\(s\) stride; allowed: seq_len, strategy, window, dtype"),
+    ("pack", {"strategy": "greedy"}, r"'pack': strategy must be one of"),
+    ("pack", [256], r"'pack' must be a mapping, got list"),
+    ("phases", {**GOOD_SECTIONS["phases"], "sources": {"web": {"max_epoch": 2}}},
+     r"'phases.sources.web': unknown key\(s\) max_epoch; allowed: path, max_epochs"),
+    ("phases", {**GOOD_SECTIONS["phases"], "phases": [{"name": "one", "tokens": "1M", "weights": {"web": 1.0}}]},
+     r"'phases.phases\[0\]': option 'tokens' must be an integer, got the string '1M'"),
+    ("phases", {"sources": {"web": {}}}, r"'phases': phases required"),
+    ("report", "yes", r"'report' must be true or false, got 'yes'"),
+])
+def test_a_bad_job_section_is_named_with_the_file_and_key(tmp_path, capsys, section, value, message):
+    config = {"input": {"path": str(tmp_path / "in.jsonl")}, "output": {"path": str(tmp_path / "out")},
+              "stages": [{"name": "noop"}], **GOOD_SECTIONS, section: value}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert cli_main(["run", str(path), "--no-progress"]) == 2  # a config error, before any work
+    error = capsys.readouterr().err
+    assert error.startswith(f"curation: error: {path}: ") and "Traceback" not in error
+    assert re.search(message, error), error
+    assert not (tmp_path / "out").exists()
+
+
+def test_job_sections_depend_on_each_other(tmp_path):
+    from curation.job import load_job
+
+    config = {"input": {"path": "in.jsonl"}, "output": {"path": "out"}, "stages": [], **GOOD_SECTIONS}
+    del config["pack"]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=r"`phases` needs a `pack` section"):
+        load_job(path)
+    config["pack"], config["tokenizer"] = {}, None  # an empty section: every default
+    path.write_text(yaml.safe_dump(config))
+    job = load_job(path)
+    assert job.sections.tokenizer.vocab_size == 65_536 and job.sections.tokenizer.shares == {"en": 0.5, "zh": 0.3, "other": 0.2}
+    assert job.sections.pack.seq_len == 2048 and job.sections.pack.strategy == "concat"

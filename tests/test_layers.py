@@ -8,7 +8,7 @@ functions included), read from the source with `ast`:
     stages     curation.stages.*: the engine and curation.tokenizer
     trainer    curation.{manifest, loader}: the token-shard format (curation.tokenizer.shards) and the
                engine's errors and storage layer only; never Ray, the executor or a stage
-    app        curation.{cli, job, report}: anything
+    app        curation.{cli, job, job_config, report}: anything
 
 and: an import inside a function is of a third-party module (never of curation) and says why on its
 line or the line above (a heavy or optional dependency)."""
@@ -25,7 +25,7 @@ ENGINE = {"curation", "curation.errors", "curation.config", "curation.option_typ
           "curation.io", "curation.storage", "curation.output_folder", "curation.output_schema", "curation.pipeline",
           "curation.executor", "curation.stats"}
 TRAINER = {"curation.manifest", "curation.loader"}
-APP = {"curation.cli", "curation.job", "curation.report"}
+APP = {"curation.cli", "curation.job", "curation.job_config", "curation.report"}
 TRAINER_MAY_USE = {"curation.errors", "curation.storage", "curation.tokenizer.shards", "curation.tokenizer"} | TRAINER
 
 

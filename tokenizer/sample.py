@@ -30,6 +30,11 @@ from curation.errors import CurationError
 from curation.io import list_shards, read_shard
 
 OTHER = "other"
+# The column naming each row's group: the `lid` stage writes it. Shares when none are given: English and
+# Chinese first, the rest together. A budget of 100 MB of text when none is given.
+GROUP_COLUMN = "lang_group"
+DEFAULT_SHARES = {"en": 0.5, "zh": 0.3, OTHER: 0.2}
+DEFAULT_BUDGET_MB = 100.0
 
 
 class SampleError(CurationError, ValueError):
@@ -41,7 +46,7 @@ class SampleSpec:
     shares: dict[str, float]  # group -> share of the byte budget (normalised to sum to 1)
     budget_bytes: int
     seed: int = 0
-    group_column: str = "lang_group"
+    group_column: str = GROUP_COLUMN
     text_column: str = "text"
     holdout_fraction: float = 0.0  # documents never sampled (by a hash of the id), for evaluation
     id_column: str = "id"

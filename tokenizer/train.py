@@ -63,7 +63,8 @@ def check_vocab_size(vocab_size: int, uint16: bool = True) -> None:
                              "(pass uint16=False / --no-uint16 for a larger vocabulary)")
 
 
-METHODS = ("counts", "stream")
+DEFAULT_METHOD = "counts"
+METHODS = (DEFAULT_METHOD, "stream")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -77,7 +78,7 @@ class CountOptions:
 
 
 def train_from_shards(inputs: list[str], out_dir: str | Path, spec, vocab_size: int = UINT16_VOCAB,
-                      uint16: bool = True, show_progress: bool = False, method: str = "counts",
+                      uint16: bool = True, show_progress: bool = False, method: str = DEFAULT_METHOD,
                       backend=None, options: CountOptions | None = None) -> Path:
     """Draw the language-balanced sample from curated shards and train on it: `counts` (default) counts
     pre-tokens in Ray tasks and trains from the pruned counts, in memory that does not grow with the
