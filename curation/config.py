@@ -6,8 +6,11 @@ output: {path: out/demo}
 executor: {kind: ray, num_cpus: 2}   # or kind: local
 stages:
   - {name: some_stage, param: value}
+  - {name: pack, tokenizer: tok/tokenizer.json}   # a sink (curation.sink) may end the list
 ```
 
+`stages` lists the stages in order; a registered sink there (`pack`) must come after every stage: it
+goes to the output side, beside the kept/rejected Parquet, and sees the rows the last stage left.
 Relative paths are resolved against the current directory. Configs are read with a safe YAML loader.
 """
 
@@ -21,6 +24,7 @@ import yaml
 
 from curation import storage
 from curation.option_types import check_options
+from curation.sink import split_sinks
 from curation.stage import build_stage
 
 INPUT_FORMATS = ("auto", "parquet", "jsonl")
@@ -71,7 +75,7 @@ class OutputConfig:
     path: str
     compression: str = "zstd"
     keep_work: bool = False  # keep intermediate shards of global stages after a successful run
-    documents: bool = True  # write kept/ and rejected/ Parquet (false: a run whose output is a stage's own, e.g. pack)
+    documents: bool = True  # write kept/ and rejected/ Parquet (false: a run whose output is a sink's own, e.g. pack)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -146,11 +150,16 @@ def pipeline_from_dict(raw: Any, where: str = "<dict>") -> PipelineConfig:
         stages=tuple(dict(s) if isinstance(s, dict) else s for s in stages),
         source=where,
     )
+    operators = []
     for position, entry in enumerate(config.stages):  # every option's type checked now, not mid-run
         try:
-            build_stage(entry)
+            operators.append(build_stage(entry))
         except ValueError as exc:
             raise ValueError(f"{where}: stages[{position}]: {exc}") from None
+    try:
+        split_sinks(operators)  # sinks (pack) end the list: they write what the last stage left
+    except ValueError as exc:
+        raise ValueError(f"{where}: stages: {exc}") from None
     return config
 
 

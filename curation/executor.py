@@ -38,8 +38,8 @@ from curation.config import ExecutorConfig, PipelineConfig
 from curation.errors import CurationError, ShardFailure
 from curation.io import Shard, list_shards, write_json_atomic
 from curation.output_folder import OutputFolderError, check_not_inputs, check_writable_here, remove_run_outputs
-from curation.output_schema import publish_one_schema
-from curation.pipeline import Layout, Segment, ShardProcessor, plan_segments
+from curation.pipeline import DOCUMENTS, DocumentsSink, Layout, Segment, ShardProcessor, plan_segments
+from curation.sink import FinishContext, Sink, split_sinks
 from curation.stage import AggregateContext, build_stage
 from curation.stats import RunStats, ShardStats, stage_key
 
@@ -490,20 +490,23 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
     options = options or RunOptions()
     started = time.perf_counter()
     shards = list_shards(config.input)
-    stages = [build_stage(entry) for entry in config.stages]  # bad options fail here, before any work
+    operators = [build_stage(entry) for entry in config.stages]  # bad options fail here, before any work
+    stages, named_sinks = split_sinks(operators)
     segments = plan_segments(stages)
+    sinks: list[tuple[str, Sink]] = ([(DOCUMENTS, DocumentsSink())] if config.output.documents else []) + named_sinks
     layout = Layout(config.output.path)
     inputs = [s.path for s in shards] + [p for p in config.input.path
                                           if (storage.is_dir(p) if storage.is_uri(p) else os.path.isdir(os.path.expanduser(p)))]
     _prepare_output(layout, _fingerprint(config, shards), options.overwrite, inputs)
 
-    run = RunStats(stage_order=[(stage_key(i, s.name), s.name) for i, s in enumerate(stages)])
+    run = RunStats(stage_order=[(stage_key(i, s.name), s.name) for i, s in enumerate(operators)])
     run.shards_total = len(shards)
     bad: dict[int, str] = {}
     backend = make_backend(config.executor)
-    state = storage.names_in(layout.state)  # aggregate markers; shard markers are listed per pass
+    state = storage.names_in(layout.state)  # aggregate and finish markers; shard markers are listed per pass
     final_done = len(layout.finished(segments[-1], shards)) == len(shards) and \
-        all(storage.basename(layout.aggregate_marker(s.keys_for[0])) in state for s in segments if s.keys_for)
+        all(storage.basename(layout.aggregate_marker(s.keys_for[0])) in state for s in segments if s.keys_for) and \
+        all(storage.basename(layout.finish_marker(key)) in state for key, _ in sinks)
     with backend:
         for segment in segments:
             if final_done:
@@ -512,17 +515,17 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
             todo = [s for s in shards if s.index not in bad and s.index not in finished]
             if todo:
                 if segment.is_last:
-                    # Files written now have not been given the union schema: that step runs again
-                    # (it rewrites only files that differ, so the others keep their bytes).
+                    # The sinks' finish steps have not seen the shards written now: they run again
+                    # (the union schema rewrites only files that differ, so the others keep their bytes).
                     storage.delete(storage.join(layout.state, "one_schema.json"))
-                _run_segment(backend, segment, todo, config, layout, bad, options, len(segments))
+                    for key, _ in sinks:
+                        storage.delete(layout.finish_marker(key))
+                _run_segment(backend, segment, todo, config, layout, bad, options, len(segments), sinks)
             if segment.keys_for:
                 _run_aggregate(backend, segment, shards, layout, bad)
-        one_schema = None
-        if config.output.documents:
-            one_schema = publish_one_schema([storage.join(layout.root, "kept"), storage.join(layout.root, "rejected")],
-                                            storage.join(layout.state, "one_schema.json"), config.output.compression,
-                                            backend.map)
+        if not final_done:
+            for key, sink in sinks:
+                _run_finish(backend, key, sink, shards, layout, bad, config.output.compression)
         retries = backend.retries
 
     for segment in segments:
@@ -538,18 +541,17 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
             marker = storage.read_json(layout.aggregate_marker(key))
             run.aggregates[key] = marker["result"]
             run.stage(key, segment.keys_for[1].name).wall_s += marker["wall_s"]
+    finish_markers = {key: storage.read_json(layout.finish_marker(key)) for key, _ in sinks}
+    for key, sink in named_sinks:
+        run.aggregates[key] = finish_markers[key]["result"]
+        run.stage(key, sink.name).wall_s += finish_markers[key]["wall_s"]
     run.shards_skipped = sum(1 for s in shards if s.index not in bad) if final_done else 0
     run.bad_shards = [{"path": shards[i].path, "error": message} for i, message in sorted(bad.items())]
     run.wall_s = time.perf_counter() - started
     result = run.to_dict()
     result["executor"] = {"kind": backend.name, "worker_retries": retries}
-    if one_schema is not None:
-        result["one_schema"] = one_schema
-        kept = storage.names_in(storage.join(layout.root, "kept"))
-        write_json_atomic(layout.shard_index, [
-            {"input": shard.path, "source": shard.source, "kept": f"kept/{layout.part_name(shard)}",
-             "rejected": f"rejected/{layout.part_name(shard)}"}
-            for shard in shards if shard.index not in bad and layout.part_name(shard) in kept])
+    if DOCUMENTS in finish_markers:
+        result["one_schema"] = finish_markers[DOCUMENTS]["result"]
     write_json_atomic(layout.stats, result)
     if not bad and not config.output.keep_work:
         storage.delete_tree(layout.work)  # intermediates are only needed until the last segment is done
@@ -557,9 +559,8 @@ def run_pipeline(config: PipelineConfig, options: RunOptions | None = None) -> d
 
 
 def _run_segment(backend, segment: Segment, todo: list[Shard], config: PipelineConfig, layout: Layout,
-                 bad: dict[int, str], options: RunOptions, n_segments: int) -> None:
-    processor = ShardProcessor(segment, config.input, layout, config.output.compression,
-                               write_documents=config.output.documents)
+                 bad: dict[int, str], options: RunOptions, n_segments: int, sinks: list[tuple[str, Sink]]) -> None:
+    processor = ShardProcessor(segment, config.input, layout, config.output.compression, sinks)
     label = f"pass {segment.index + 1}/{n_segments}" if n_segments > 1 else "curation"
     with tqdm(total=sum(s.size for s in todo), unit="B", unit_scale=True, desc=label,
               disable=not options.progress, dynamic_ncols=True) as bar:
@@ -597,9 +598,24 @@ def _run_aggregate(backend, segment: Segment, shards: list[Shard], layout: Layou
     with_keys = [s for s in good if storage.basename(layout.keys(key, s)) in keys]
     ctx = AggregateContext(layout.global_dir(key), [s.name for s in good],
                            [layout.keys(key, s) for s in with_keys], backend.map,
-                           keys_shards=[s.index for s in with_keys], output_dir=layout.root)
+                           keys_shards=[s.index for s in with_keys])
     started = time.perf_counter()
     result = stage.aggregate(ctx)
     write_json_atomic(marker, {"result": result, "wall_s": time.perf_counter() - started})
     _release_memory()  # the driver's share of the aggregate (components, say) before the next pass
 
+
+
+def _run_finish(backend, key: str, sink: Sink, shards: list[Shard], layout: Layout, bad: dict[int, str],
+                compression: str) -> None:
+    """A sink's finish step, once every shard is committed; its result is recorded in a marker, so a
+    rerun skips it (unless that rerun commits shards: then the marker was deleted)."""
+    marker = layout.finish_marker(key)
+    if storage.exists(marker):
+        return
+    context = layout.sink_context(key, compression)
+    started = time.perf_counter()
+    result = sink.finish(FinishContext(**vars(context), shards=tuple(s for s in shards if s.index not in bad),
+                                       map_fn=backend.map))
+    write_json_atomic(marker, {"result": result, "wall_s": time.perf_counter() - started})
+    _release_memory()

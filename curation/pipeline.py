@@ -1,9 +1,10 @@
-"""A pipeline is a list of stages cut into segments at each global stage.
+"""A pipeline is a list of stages cut into segments at each global stage, then its sinks.
 
 Segment k reads the input (k = 0) or the previous segment's intermediate shards, applies the decisions
 of the global stage that opened it, runs its per-batch stages, and either computes the keys of the
 global stage that closes it (writing every row to an intermediate shard) or, in the last segment,
-writes the kept and rejected outputs. `ShardProcessor` does this for one shard inside a worker; it is
+hands every batch to the sinks (`curation.sink`): `DocumentsSink` for the kept and rejected Parquet,
+and those the pipeline names (`pack`). `ShardProcessor` does this for one shard inside a worker; it is
 the same code on the Ray and local executors, which is why both give identical output.
 """
 
@@ -22,6 +23,8 @@ from curation import storage
 from curation.config import InputConfig
 from curation.errors import CurationError, ShardFailure
 from curation.io import AtomicParquetWriter, InputError, OutputError, Shard, read_parquet_batches, read_shard, write_json_atomic
+from curation.output_schema import publish_one_schema
+from curation.sink import FinishContext, Sink, SinkContext, SinkWriter
 from curation.stage import DROP_REASON, ID, TEXT, BatchPosition, GlobalStage, Stage, live_mask, text_bytes
 from curation.stats import ShardStats, StageStats, stage_key
 
@@ -56,8 +59,7 @@ def plan_segments(stages: list[Stage]) -> list[Segment]:
         key = stage_key(position, stage.name)
         if isinstance(stage, GlobalStage):
             segments[-1].keys_for = (key, stage)
-            if stage.needs_apply or position < len(stages) - 1:
-                segments.append(Segment(len(segments), apply_global=(key, stage)))
+            segments.append(Segment(len(segments), apply_global=(key, stage)))
         else:
             segments[-1].stages.append((key, stage))
     segments[-1].is_last = True
@@ -114,6 +116,13 @@ class Layout:
     def aggregate_marker(self, key: str) -> str:
         return storage.join(self.state, f"{key}.aggregate.json")
 
+    def finish_marker(self, key: str) -> str:
+        """A sink's finish step done: its result, for stats and for a rerun that skips it."""
+        return storage.join(self.state, f"{key}.finish.json")
+
+    def sink_context(self, key: str, compression: str) -> SinkContext:
+        return SinkContext(output_dir=self.root, work_dir=self.global_dir(key), compression=compression)
+
     @property
     def fingerprint(self) -> str:
         return storage.join(self.state, "pipeline.json")
@@ -123,26 +132,90 @@ class Layout:
         return storage.join(self.root, "stats.json")
 
 
+DOCUMENTS = "documents"  # the key of the engine's own sink: OUT/_state/documents.finish.json
+
+
+class DocumentsSink(Sink):
+    """The curated documents: per input shard `OUT/kept/part-NNNNN.parquet` (kept rows, without
+    `drop_reason`) and `OUT/rejected/part-NNNNN.parquet` (dropped rows with their reason); `finish`
+    gives every file of each folder the folder's union schema, then writes the index, OUT/shards.json."""
+
+    name = DOCUMENTS
+
+    def open(self, shard: Shard, context: SinkContext) -> SinkWriter:
+        layout = Layout(context.output_dir)
+        return _DocumentsWriter(layout.kept(shard), layout.rejected(shard), context.compression)
+
+    def finish(self, context: FinishContext) -> dict[str, Any]:
+        layout = Layout(context.output_dir)
+        counts = publish_one_schema([storage.join(layout.root, "kept"), storage.join(layout.root, "rejected")],
+                                    storage.join(layout.state, "one_schema.json"), context.compression, context.map)
+        kept = storage.names_in(storage.join(layout.root, "kept"))
+        write_json_atomic(layout.shard_index, [
+            {"input": shard.path, "source": shard.source, "kept": f"kept/{layout.part_name(shard)}",
+             "rejected": f"rejected/{layout.part_name(shard)}"}
+            for shard in context.shards if layout.part_name(shard) in kept])
+        return counts
+
+
+class _DocumentsWriter(SinkWriter):
+    def __init__(self, kept: str, rejected: str, compression: str) -> None:
+        self.kept = AtomicParquetWriter(kept, compression)
+        self.rejected = AtomicParquetWriter(rejected, compression)
+        self.batches = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        reasons = batch.column(DROP_REASON)
+        if reasons.null_count == batch.num_rows:  # nothing dropped: no copy of the batch
+            kept, rejected = batch, batch.slice(0, 0)
+        else:
+            live = live_mask(batch)
+            kept, rejected = batch.filter(live), batch.filter(pc.invert(live))
+        kept = kept.drop_columns([DROP_REASON])
+        if self.kept.schema is None:
+            self.kept.schema = kept.schema
+            self.rejected.schema = rejected.schema
+        self.kept.write(kept)
+        self.rejected.write(rejected)
+        self.batches += 1
+
+    def commit(self) -> None:
+        if not self.batches:
+            # An empty input (a 0-byte file) gives no kept/rejected file: a file without columns would
+            # make `read_table(OUT/kept)` lose every column.
+            self.abort()
+            return
+        self.kept.commit()
+        self.rejected.commit()
+
+    def abort(self) -> None:
+        self.kept.abort()
+        self.rejected.abort()
+
+
 class ShardProcessor:
-    """Runs one segment of the pipeline over whole shards; lives in a worker (Ray actor or in-process)."""
+    """Runs one segment of the pipeline over whole shards; lives in a worker (Ray actor or in-process).
+    The last segment hands every batch to `sinks`: (key, sink) pairs, the key naming the sink's work
+    folder, its finish marker and (but for `DOCUMENTS`) its entry in stats."""
 
     def __init__(self, segment: Segment, input_config: InputConfig, layout: Layout, compression: str,
-                 write_documents: bool = True) -> None:
+                 sinks: list[tuple[str, Sink]] | None = None) -> None:
         self.segment = segment
-        self.write_documents = write_documents
+        self.sinks = list(sinks or []) if segment.is_last else []
         self.input_config = input_config
         self.layout = layout
         self.compression = compression
         self._ready = False
-        self._current: str | None = None  # the stage running now, for error messages
+        self._current: str | None = None  # the stage or sink running now, for error messages
         self.reading: tuple[Shard, Counter[str]] | None = None
         self.on_progress = None  # in-process runs: called (shard, bytes of it read) after each batch
 
     def setup(self) -> None:
         if not self._ready:
             for stage in self.segment.all_stages():
-                stage.run_dir = self.layout.root  # runtime context, not config: where this run writes
                 stage.setup()
+            for _, sink in self.sinks:
+                sink.setup()
             self._ready = True
 
     def process(self, shard: Shard) -> dict[str, Any]:
@@ -151,21 +224,19 @@ class ShardProcessor:
         segment, layout = self.segment, self.layout
         wall0, cpu0 = time.perf_counter(), time.process_time()
         stats = ShardStats()
-        if segment.is_last and not self.write_documents:
-            outputs = {}
-        elif segment.is_last:
-            outputs = {
-                "kept": AtomicParquetWriter(layout.kept(shard), self.compression),
-                "rejected": AtomicParquetWriter(layout.rejected(shard), self.compression),
-            }
-        else:
-            outputs = {"next": AtomicParquetWriter(layout.intermediate(segment.index, shard), self.compression)}
+        next_writer = None
+        if not segment.is_last:
+            next_writer = AtomicParquetWriter(layout.intermediate(segment.index, shard), self.compression)
         keys_writer = None
         if segment.keys_for:
             keys_writer = AtomicParquetWriter(layout.keys(segment.keys_for[0], shard), self.compression)
-        writers = list(outputs.values()) + ([keys_writer] if keys_writer else [])
+        writers: list[AtomicParquetWriter | SinkWriter] = [w for w in (next_writer, keys_writer) if w is not None]
         last_schema = None
         try:
+            opened = []
+            for key, sink in self.sinks:
+                opened.append((key, sink, sink.open(shard, layout.sink_context(key, self.compression))))
+                writers.append(opened[-1][2])
             input_counts: Counter[str] = Counter()
             self.reading = (shard, input_counts)  # what `progress()` reports while the shard runs
             if segment.is_first:
@@ -191,51 +262,36 @@ class ShardProcessor:
                     if keys is not None and keys.num_rows:
                         keys_writer.write(keys)
                     timer.add_to(stats.stage(key, stage.name))
-                self._write(batch, outputs, stats)
+                if next_writer is not None:
+                    next_writer.write(batch)
+                else:
+                    self._count_output(batch, stats)
+                for key, sink, writer in opened:
+                    self._run_sink(stats, key, sink, lambda: writer.write(batch))
                 last_schema = batch.schema
                 row_offset += batch.num_rows
                 if self.on_progress is not None:
                     self.on_progress(shard, input_counts["position"])
-            if keys_writer is not None:
-                key, stage = segment.keys_for
-                timer = _Timer()
-                keys = stage.keys_end(BatchPosition(shard.index, shard.name, row_offset))
-                if keys is not None and keys.num_rows:
-                    keys_writer.write(keys)
-                timer.add_to(stats.stage(key, stage.name))
+            for key, sink, writer in opened:
+                self._run_sink(stats, key, sink, writer.commit)
             stats.renamed_ids = input_counts["renamed_ids"]
-            for stage in segment.all_stages():
-                key = self._key_of(stage)
-                stats.stage(key, stage.name).metrics.update(stage.metrics)
-                stage.metrics.clear()
-            for writer in writers:
-                fallback = last_schema
-                if writer is outputs.get("kept") and last_schema is not None:
-                    fallback = last_schema.remove(last_schema.get_field_index(DROP_REASON))
-                if writer is keys_writer:
-                    fallback = None
-                if last_schema is None and writer is not keys_writer:
-                    if writer is outputs.get("next"):
-                        fallback = EMPTY_SHARD_SCHEMA  # read back by the next pass as no rows
-                    else:
-                        # An empty input (a 0-byte file) gives no kept/rejected file: a file without
-                        # columns would make `read_table(OUT/kept)` lose every column.
-                        writer.abort()
-                        continue
-                writer.commit(fallback)
+            for key, operator in self._operators():
+                stats.stage(key, operator.name).metrics.update(operator.metrics)
+                operator.metrics.clear()
+            if keys_writer is not None:
+                keys_writer.commit()
+            if next_writer is not None:
+                # no batch (an empty input): a file the next pass reads back as no rows
+                next_writer.commit(last_schema or EMPTY_SHARD_SCHEMA)
         except InputError as exc:
             for writer in writers:
                 writer.abort()
-            if segment.keys_for:
-                segment.keys_for[1].keys_abort()
-            for stage in segment.all_stages():
-                stage.metrics.clear()
+            for _, operator in self._operators():
+                operator.metrics.clear()
             return {"error": str(exc)}
         except OSError as exc:  # ENOSPC, EACCES, EROFS, a store refusing...: say so, leave nothing a rerun would trust
             for writer in writers:
                 writer.abort()
-            if segment.keys_for:
-                segment.keys_for[1].keys_abort()
             if isinstance(exc, storage.StorageError):
                 raise  # it names the location and the store already
             hint = "store unreachable or credentials refused?" if storage.is_uri(layout.root) else \
@@ -246,8 +302,6 @@ class ShardProcessor:
         except Exception as exc:  # a stage failed in a way no check foresaw: name the shard and stage
             for writer in writers:
                 writer.abort()
-            if segment.keys_for:
-                segment.keys_for[1].keys_abort()
             if isinstance(exc, CurationError):
                 raise
             raise ShardFailure(f"{shard.path}: stage {self._current or '?'} failed: {type(exc).__name__}: {exc}. "
@@ -255,8 +309,6 @@ class ShardProcessor:
         except BaseException:  # KeyboardInterrupt, SystemExit: nothing half-written stays
             for writer in writers:
                 writer.abort()
-            if segment.keys_for:
-                segment.keys_for[1].keys_abort()
             raise
         stats.wall_s = time.perf_counter() - wall0
         stats.cpu_s = time.process_time() - cpu0
@@ -277,14 +329,13 @@ class ShardProcessor:
         shard, counts = self.reading
         return shard.path, min(int(counts["position"]), shard.size)
 
-    def _key_of(self, stage: Stage) -> str:
-        for key, candidate in self.segment.stages:
-            if candidate is stage:
-                return key
+    def _operators(self) -> list[tuple[str, Stage | Sink]]:
+        """(stats key, stage or sink) of everything in this segment that has a stats entry."""
+        found: list[tuple[str, Stage | Sink]] = list(self.segment.stages)
         for pair in (self.segment.apply_global, self.segment.keys_for):
-            if pair and pair[1] is stage:
-                return pair[0]
-        raise AssertionError("stage not in segment")
+            if pair:
+                found.append(pair)
+        return found + [(key, sink) for key, sink in self.sinks if key != DOCUMENTS]
 
     @staticmethod
     def _count_input(batch: pa.RecordBatch, stats: ShardStats) -> None:
@@ -320,28 +371,20 @@ class ShardProcessor:
                 entry.dropped[item["values"]] += item["counts"]
         return out
 
+    def _run_sink(self, stats: ShardStats, key: str, sink: Sink, fn) -> None:
+        self._current = sink.name
+        timer = _Timer()
+        fn()
+        if key != DOCUMENTS:  # writing the documents is the run's own output, no stage of its stats
+            timer.add_to(stats.stage(key, sink.name))
+
     @staticmethod
-    def _write(batch: pa.RecordBatch, outputs: dict[str, AtomicParquetWriter], stats: ShardStats) -> None:
-        if "next" in outputs:
-            outputs["next"].write(batch)
-            return
-        reasons = batch.column(DROP_REASON)
-        if reasons.null_count == batch.num_rows:  # nothing dropped: no copy of the batch
-            kept, rejected = batch, batch.slice(0, 0)
-        else:
-            live = live_mask(batch)
-            kept, rejected = batch.filter(live), batch.filter(pc.invert(live))
-        kept = kept.drop_columns([DROP_REASON])
-        stats.kept_docs += kept.num_rows
-        stats.kept_bytes += text_bytes(kept)
-        stats.rejected_docs += rejected.num_rows
-        if not outputs:  # output.documents: false
-            return
-        if outputs["kept"].schema is None:
-            outputs["kept"].schema = kept.schema
-            outputs["rejected"].schema = rejected.schema
-        outputs["kept"].write(kept)
-        outputs["rejected"].write(rejected)
+    def _count_output(batch: pa.RecordBatch, stats: ShardStats) -> None:
+        live = live_mask(batch)
+        kept = pc.sum(live).as_py() or 0
+        stats.kept_docs += kept
+        stats.kept_bytes += text_bytes(batch, live)
+        stats.rejected_docs += batch.num_rows - kept
 
 
 class _Timer:

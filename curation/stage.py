@@ -4,11 +4,12 @@ A stage is a small class built from its config, with `setup()` (load models once
 `__call__(batch: pa.RecordBatch) -> pa.RecordBatch`. Every batch that reaches a stage has the columns
 `id` (string), `text` (string) and `drop_reason` (string, null while the row is kept). Rows are never
 removed from a batch inside the pipeline: a filtering stage writes its reason into `drop_reason`, the
-first reason wins, and the executor splits kept and rejected rows when it writes the output. That keeps
+first reason wins, and the sinks split kept and rejected rows when they write the output. That keeps
 row positions stable, which global stages rely on.
 
 Global stages (deduplication) need the whole corpus before they can decide on any row; see
-`GlobalStage` for the three steps the executor runs for them.
+`GlobalStage` for the three steps the executor runs for them. Outputs are sinks (`curation.sink`),
+registered and built from YAML the same way (`register_stage`, `build_stage`): both are `Operator`s.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ TEXT = "text"
 ID = "id"
 DROP_REASON = "drop_reason"
 
-_REGISTRY: dict[str, type["Stage"]] = {}
+_REGISTRY: dict[str, type["Operator"]] = {}
 
 
-def register_stage(name: str) -> Callable[[type["Stage"]], type["Stage"]]:
-    """Class decorator: make a stage available under `name` in pipeline YAML."""
+def register_stage(name: str) -> Callable[[type["Operator"]], type["Operator"]]:
+    """Class decorator: make a stage (or a sink, `curation.sink.Sink`) available under `name` in
+    pipeline YAML."""
 
-    def decorate(cls: type[Stage]) -> type[Stage]:
+    def decorate(cls: type[Operator]) -> type[Operator]:
         if name in _REGISTRY and _REGISTRY[name].__qualname__ != cls.__qualname__:
             raise ValueError(f"stage name {name!r} is registered twice ({_REGISTRY[name]} and {cls})")
         cls.name = name
@@ -43,20 +45,20 @@ def register_stage(name: str) -> Callable[[type["Stage"]], type["Stage"]]:
     return decorate
 
 
-def registered_stages() -> dict[str, type["Stage"]]:
+def registered_stages() -> dict[str, type["Operator"]]:
     importlib.import_module("curation.stages")  # registers the built-in stages
     return dict(sorted(_REGISTRY.items()))
 
 
-def stage_class(name: str) -> type["Stage"]:
+def stage_class(name: str) -> type["Operator"]:
     stages = registered_stages()
     if name not in stages:
         raise ValueError(f"unknown stage {name!r}; known stages: {', '.join(stages)}")
     return stages[name]
 
 
-def build_stage(options: dict[str, Any]) -> "Stage":
-    """Build a stage from its YAML mapping: `{name: some_stage, param: value, ...}`."""
+def build_stage(options: dict[str, Any]) -> "Operator":
+    """Build a stage (or a sink) from its YAML mapping: `{name: some_stage, param: value, ...}`."""
     if not isinstance(options, dict) or "name" not in options:
         raise ValueError(f"a stage entry must be a mapping with a 'name' key, got {options!r}")
     params = dict(options)
@@ -64,8 +66,9 @@ def build_stage(options: dict[str, Any]) -> "Stage":
     return cls(**params)
 
 
-class Stage:
-    """Base class of every stage. Subclasses set a nested frozen, keyword-only `Config` dataclass."""
+class Operator:
+    """What an entry of `stages:` builds, a stage or a sink: a nested frozen, keyword-only `Config`
+    dataclass built from the entry's options (checked), and `metrics`."""
 
     name: ClassVar[str] = ""
 
@@ -94,14 +97,18 @@ class Stage:
         # the stage's entry in stats.json and resets them per shard.
         self.metrics: Counter[str] = Counter()
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+
+class Stage(Operator):
+    """Base class of every stage. Subclasses set a nested frozen, keyword-only `Config` dataclass."""
+
     def setup(self) -> None:
         """Load models and other heavy state. Runs once per worker, never in the driver."""
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,10 +130,8 @@ class AggregateContext:
         keys_paths: list[str],
         map_fn: Callable[[Callable[..., Any], Iterable[Any]], list[Any]],
         keys_shards: list[int] | None = None,
-        output_dir: str | None = None,
     ) -> None:
         self.work_dir = work_dir
-        self.output_dir = output_dir  # the run's output folder (stages that write outputs of their own)
         self.shard_names = shard_names
         self.keys_paths = keys_paths
         # the shard index (corpus order) of each keys file, as BatchPosition.shard_index gave it
@@ -154,24 +159,13 @@ class GlobalStage(Stage):
        the decisions for that shard and apply them (set `drop_reason`, add columns, rewrite text).
 
     Each step's output is written atomically, so a killed run resumes after its last finished step.
-
-    A global stage whose decisions change no row (`needs_apply = False`, e.g. `pack`, which writes
-    outputs of its own) and that ends the pipeline adds no pass: its keys are computed in the last
-    pass, beside the kept and rejected outputs, and its aggregate step runs after it.
+    Every global stage adds a pass over the documents (its decisions are applied in the next one); a
+    step that writes outputs of its own and changes no row is a sink (`curation.sink`), not a global
+    stage.
     """
-
-    needs_apply = True
 
     def keys(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.Table | None:
         raise NotImplementedError
-
-    def keys_end(self, position: BatchPosition) -> pa.Table | None:
-        """After a shard's last batch (position: the row count): a last table of keys, or None. For a
-        stage that keeps per-shard state in `keys` (pack writes as it goes)."""
-        return None
-
-    def keys_abort(self) -> None:
-        """The shard failed: drop per-shard state (its outputs will be redone)."""
 
     def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
         raise NotImplementedError

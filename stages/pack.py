@@ -1,19 +1,20 @@
 """`pack`: tokenized documents into fixed-length sequences, per source, as memory-mappable shards.
 
-A global stage, because a source's stream runs across input shards:
+A sink (`curation.sink`): the pipeline's rows go out as token shards, beside or instead of the kept
+and rejected Parquet (`output.documents: false`). A source's stream runs across input shards, so:
 
-1. `keys` (in the stage workers, in parallel over input shards, streaming): each batch's live documents
-   are tokenized (or taken from the `tokens` column a `tokenize` stage wrote with this same tokenizer,
-   its sha256 recorded in the column's field; any other tokens column is ignored and the text encoded)
-   and packed per source as they come, full sequences going straight to `OUT/<source>/<shard>.bin`;
-   at the end of the shard its index and metadata are written (tokenizer/shards.py). With `concat` what is left after the shard's
-   last full sequence, its *tail* (under `seq_len` tokens per source), is all that is spilled.
-   `bestfit` packs a source's documents of the shard when the shard ends (its window needs them).
-2. `aggregate` (the driver: the tails are small): per source, the tails of all shards in corpus order
+1. `open(shard)` then `write(batch)` (in the workers, in parallel over input shards, streaming): each
+   batch's live documents are tokenized (or taken from the `tokens` column a `tokenize` stage wrote with
+   this same tokenizer, its sha256 recorded in the column's field; any other tokens column is ignored
+   and the text encoded) and packed per source as they come, full sequences going straight to
+   `OUT/<source>/<shard>.bin`. `commit()` writes each source's index and metadata (tokenizer/shards.py)
+   and, with `concat`, spills the shard's *tail* (what is left after its last full sequence, under
+   `seq_len` tokens per source) under the sink's work folder. `bestfit` packs a source's documents of
+   the shard at `commit()` (its window needs them). `abort()` publishes nothing.
+2. `finish` (the driver: the tails are small): per source, the tails of all shards in corpus order
    are packed into `OUT/<source>/_tail.*`, whose last sequence is padded (the only padding `concat`
    writes); its metadata's `continues` names the input shard of each document it finishes. Last,
    `OUT/pack.json` lists every shard (written last: the packing is complete).
-3. No `apply`: rows pass unchanged, and as the last stage of a pipeline `pack` adds no pass.
 
 The source of a document: the first `sources` entry whose shard-name patterns match its input shard,
 else the value of `source_column` (the input's `dataset` column, say), else `default_source`.
@@ -36,8 +37,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation import storage
-from curation.io import InputError, write_json_atomic
-from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStage, live_mask, register_stage
+from curation.io import AtomicParquetWriter, InputError, Shard, write_json_atomic
+from curation.sink import FinishContext, Sink, SinkContext, SinkWriter
+from curation.stage import ID, TEXT, BatchPosition, live_mask, register_stage
 from curation.tokenizer import packing
 from curation.tokenizer.packed_folder import SUMMARY, TAIL
 from curation.tokenizer.encode import Encoder, from_list_array
@@ -57,7 +59,7 @@ def safe_source(name: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class PackParams:
-    """What the aggregate tasks need (plain data: it travels to Ray tasks)."""
+    """What packing a shard or the tails needs (plain data)."""
 
     out: str
     seq_len: int
@@ -248,10 +250,8 @@ def _check_options(c: Any) -> None:
 
 
 @register_stage("pack")
-class Pack(GlobalStage):
+class Pack(Sink):
     """Tokenize (unless a tokens column exists) and pack documents into fixed-length sequences per source."""
-
-    needs_apply = False  # rows pass unchanged: as the last stage it adds no pass over the documents
 
     @dataclasses.dataclass(frozen=True, kw_only=True)
     class Config:
@@ -277,7 +277,7 @@ class Pack(GlobalStage):
     def setup(self) -> None:
         self._encoder = Encoder(self.config.tokenizer, self.config.dtype)
 
-    def _source_of(self, batch: pa.RecordBatch, position: BatchPosition, rows: pa.Array) -> pa.Array:
+    def source_of(self, batch: pa.RecordBatch, position: BatchPosition, rows: pa.Array) -> pa.Array:
         c = self.config
         if c.sources:
             for source, patterns in c.sources.items():
@@ -288,34 +288,16 @@ class Pack(GlobalStage):
             return pa.array([safe_source(v) for v in values.to_pylist()], pa.string())
         return pa.array([safe_source(c.default_source)] * len(rows), pa.string())
 
-    def keys(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.Table | None:
-        if not hasattr(self, "_encoder"):
-            self.setup()
-        if position.row_offset == 0:
-            self.keys_abort()  # a new shard: anything left from an interrupted one is discarded
-            self._packers: dict[str, _SourcePacker] = {}
-            self._documents: dict[str, int] = {}
-        rows = pc.indices_nonzero(live_mask(batch))
-        if len(rows) == 0:
-            return None
+    def open(self, shard: Shard, context: SinkContext) -> SinkWriter:
+        return _PackWriter(self, shard, self._params(context), _tails_path(context, shard.name), context.compression)
+
+    def encode(self, batch: pa.RecordBatch, position: BatchPosition, rows: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """(values, offsets) of the tokens of `rows`: the batch's tokens column when this tokenizer wrote
+        it, else the text encoded."""
         column = self._tokens_column(batch, position, len(rows))
         if column is not None:
-            values, offsets = self._column_tokens(column, rows, position)
-        else:
-            values, offsets = self._encoder.encode(pc.take(batch.column(TEXT), rows))
-        self.metrics["tokens"] += int(offsets[-1])
-        self.metrics["documents"] += len(rows)
-        sources = self._source_of(batch, position, rows).to_numpy(zero_copy_only=False)
-        ids = pc.take(batch.column(ID), rows).to_numpy(zero_copy_only=False)
-        p = self._params(None)
-        for source in sorted(set(sources.tolist())):
-            picked = np.flatnonzero(sources == source)
-            if source not in self._packers:
-                self._packers[source] = _SourcePacker(p, source, position.shard_name)
-                self._documents[source] = 0
-            self._packers[source].add(*_documents_of(values, offsets, picked), ids[picked].tolist())
-            self._documents[source] += len(picked)
-        return None
+            return self._column_tokens(column, rows, position)
+        return self._encoder.encode(pc.take(batch.column(TEXT), rows))
 
     def _tokens_column(self, batch: pa.RecordBatch, position: BatchPosition, live: int) -> pa.Array | None:
         """The batch's token column when this tokenizer produced it, else None (the text is encoded).
@@ -367,41 +349,24 @@ class Pack(GlobalStage):
                                  f"tokenizer's {self._encoder.vocab_size:,} ids")
         return from_list_array(tokens.cast(pa.large_list(pa.from_numpy_dtype(self._encoder.dtype))))
 
-    def keys_end(self, position: BatchPosition) -> pa.Table | None:
-        """End of a shard: close its packed shards; the concat tails are what is spilled."""
-        tails = []
-        for source, packer in sorted(getattr(self, "_packers", {}).items()):
-            tail = packer.finish(self._documents[source])
-            if tail is not None and tail.num_rows:
-                tails.append(tail.append_column("source", pa.array([source] * tail.num_rows, pa.string()))
-                             .append_column("shard", pa.array([position.shard_name] * tail.num_rows, pa.string())))
-        self._packers = {}
-        return pa.concat_tables(tails) if tails else None
-
-    def keys_abort(self) -> None:
-        for packer in getattr(self, "_packers", {}).values():
-            packer.abort()
-        self._packers = {}
-
-    def _params(self, ctx: AggregateContext | None) -> PackParams:
-        if not hasattr(self, "_encoder"):
+    def _params(self, context: SinkContext) -> PackParams:
+        if not hasattr(self, "_encoder"):  # the driver's finish step: no worker set this sink up there
             self.setup()
-        out = self.config.out or getattr(self, "run_dir", None) or (ctx.output_dir if ctx else None)
-        if out is None:
-            raise ValueError("pack: set `out` (the folder for the packed shards)")
-        return PackParams(out=str(out), seq_len=self.config.seq_len, strategy=self.config.strategy,
-                          window=self.config.window, dtype=self._encoder.dtype.name, sep_id=self._encoder.sep_id,
+        return PackParams(out=str(self.config.out or context.output_dir), seq_len=self.config.seq_len,
+                          strategy=self.config.strategy, window=self.config.window, dtype=self._encoder.dtype.name, sep_id=self._encoder.sep_id,
                           pad_id=self._encoder.pad_id, tokenizer_sha256=self._encoder.sha256)
 
-    def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
-        p = self._params(ctx)
+    def finish(self, context: FinishContext) -> dict[str, Any]:
+        p = self._params(context)
         # Every shard is done: a temporary file left now was a killed actor's, whose shard ran again (on
         # an object store there are none: uploads go straight to their final keys).
         if not storage.is_uri(p.out):
             for orphan in Path(p.out).rglob(".*.tmp-*"):
                 orphan.unlink(missing_ok=True)
-        tails = [pq.read_table(storage.parquet_source(path)) for path in ctx.keys_paths]  # in corpus order; small: under seq_len per shard
-        tails = [t for t in tails if t.num_rows]
+        spilled = storage.names_in(_tails_folder(context))
+        # in corpus order; small: under seq_len tokens per source and shard
+        tails = [pq.read_table(storage.parquet_source(_tails_path(context, shard.name))) for shard in context.shards
+                 if f"{shard.name}.parquet" in spilled]
         if tails and p.strategy == "concat":
             table = pa.concat_tables(tails)
             sources = table.column("source").to_numpy(zero_copy_only=False)
@@ -414,9 +379,63 @@ class Pack(GlobalStage):
                 **{f"{s}_padding_tokens": v["padding_tokens"] for s, v in summary["sources"].items()},
                 **{f"{s}_split_documents": v["split_documents"] for s, v in summary["sources"].items()}}
 
-    def prepare(self, work_dir: str, shard_index: int) -> None:
-        pass
 
-    def apply(self, batch: pa.RecordBatch, position: BatchPosition) -> pa.RecordBatch:
-        return batch
+def _tails_folder(context: SinkContext) -> str:
+    """Where the shards' concat tails wait for `finish`: in the sink's work folder."""
+    return storage.join(context.work_dir, "tails")
+
+
+def _tails_path(context: SinkContext, shard_name: str) -> str:
+    return storage.join(_tails_folder(context), f"{shard_name}.parquet")
+
+
+class _PackWriter(SinkWriter):
+    """One input shard's packing: a `_SourcePacker` per source met in it."""
+
+    def __init__(self, pack: Pack, shard: Shard, params: PackParams, tails_path: str, compression: str) -> None:
+        self.pack, self.shard, self.p = pack, shard, params
+        self.tails_path, self.compression = tails_path, compression
+        self.packers: dict[str, _SourcePacker] = {}
+        self.documents: dict[str, int] = {}
+        self.rows = 0  # rows of the shard before the next batch: row numbers in error messages
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        position = BatchPosition(self.shard.index, self.shard.name, self.rows)
+        self.rows += batch.num_rows
+        rows = pc.indices_nonzero(live_mask(batch))
+        if len(rows) == 0:
+            return
+        values, offsets = self.pack.encode(batch, position, rows)
+        self.pack.metrics["tokens"] += int(offsets[-1])
+        self.pack.metrics["documents"] += len(rows)
+        sources = self.pack.source_of(batch, position, rows).to_numpy(zero_copy_only=False)
+        ids = pc.take(batch.column(ID), rows).to_numpy(zero_copy_only=False)
+        for source in sorted(set(sources.tolist())):
+            picked = np.flatnonzero(sources == source)
+            if source not in self.packers:
+                self.packers[source] = _SourcePacker(self.p, source, self.shard.name)
+                self.documents[source] = 0
+            self.packers[source].add(*_documents_of(values, offsets, picked), ids[picked].tolist())
+            self.documents[source] += len(picked)
+
+    def commit(self) -> None:
+        """Close the shard's packed shards; the concat tails are spilled for `finish`."""
+        tails = []
+        for source, packer in sorted(self.packers.items()):
+            tail = packer.finish(self.documents[source])
+            if tail is not None and tail.num_rows:
+                tails.append(tail.append_column("source", pa.array([source] * tail.num_rows, pa.string()))
+                             .append_column("shard", pa.array([self.shard.name] * tail.num_rows, pa.string())))
+        if tails:
+            writer = AtomicParquetWriter(self.tails_path, self.compression)
+            try:
+                writer.write(pa.concat_tables(tails))
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+
+    def abort(self) -> None:
+        for packer in self.packers.values():
+            packer.abort()
 
