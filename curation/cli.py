@@ -163,8 +163,8 @@ def _cmd_manifest(args: argparse.Namespace) -> int:
     if args.action == "build":
         if not args.out:
             raise ValueError("manifest build needs --out manifest.json")
-        built = mf.build_manifest(args.path, args.out)
-        print(mf.show(built))
+        mf.build_manifest(args.path, args.out)
+        print(mf.show(mf.load_manifest(args.out)[0]))  # as the loader will read it
         print(f"manifest: {args.out}")
         return 0
     if args.action == "show":

@@ -43,8 +43,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from curation import storage
-from curation.manifest import (ManifestError, load_manifest, phase_of, resolve_location, sequence_order, source_seed,
-                               split_location)
+from curation.manifest import (Manifest, ManifestError, PhaseRecord, load_manifest, resolve_location, sequence_order,
+                               source_seed, split_location)
 from curation.tokenizer.shards import open_shard
 
 STATE_VERSION = 1
@@ -78,25 +78,25 @@ def _unit(seed: int, name: str) -> float:
 class PhasePlan:
     """The phase's stream: for stream position g, the shard (`shard_of[g]`, into `shards`) and the row."""
 
-    def __init__(self, manifest: dict[str, Any], root: Path, phase: dict[str, Any], seed: int | None = None) -> None:
-        self.seq_len = int(manifest["seq_len"])
-        self.seed = int(phase["seed"] if seed is None else seed)
+    def __init__(self, manifest: Manifest, root: Path, phase: PhaseRecord, seed: int | None = None) -> None:
+        self.seq_len = manifest.seq_len
+        self.seed = phase.seed if seed is None else int(seed)
         self.shards: list[tuple[Path, str, str]] = []  # (folder, name, bin sha256)
         keys, shard_parts, row_parts = [], [], []
-        self.source_names = sorted(phase["allocation"])
+        self.source_names = sorted(phase.allocation)
         source_parts = []
         for source_index, source in enumerate(self.source_names):
-            entry = manifest["sources"][source]
+            entry = manifest.sources[source]
             first_shard = len(self.shards)
-            for shard in entry["shards"]:
-                folder, name = split_location(resolve_location(root, shard["path"]))
-                self.shards.append((folder, name, shard["bin_sha256"]))
-            counts = np.array([s["sequences"] for s in entry["shards"]], np.int64)
+            for shard in entry.shards:
+                folder, name = split_location(resolve_location(root, shard.path))
+                self.shards.append((folder, name, shard.bin_sha256))
+            counts = np.array([s.sequences for s in entry.shards], np.int64)
             starts = np.concatenate([[0], np.cumsum(counts)])
             ids = []
-            for run in phase["allocation"][source]:
-                order = sequence_order(int(entry["sequences"]), source_seed(int(manifest.get("seed", 0)), source, run["epoch"]))
-                ids.append(order[run["start"]:run["start"] + run["count"]])
+            for run in phase.allocation[source]:
+                order = sequence_order(entry.sequences, source_seed(manifest.seed, source, run.epoch))
+                ids.append(order[run.start:run.start + run.count])
             ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
             shard = np.searchsorted(starts, ids, side="right") - 1
             shard_parts.append((shard + first_shard).astype(np.int32))
@@ -128,7 +128,7 @@ class PhaseDataset(IterableDataset):
         # A path, or a URI: a phase is read straight from object storage (shards read whole, not mapped)
         self.manifest_path = manifest_path if storage.is_uri(manifest_path) else Path(manifest_path)
         self.manifest, self.root = load_manifest(self.manifest_path)
-        self.phase = phase_of(self.manifest, phase)
+        self.phase = self.manifest.phase(phase)
         self.manifest_sha256 = hashlib.sha256(storage.read_bytes(self.manifest_path)).hexdigest()
         self.plan = PhasePlan(self.manifest, self.root, self.phase, seed)
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
@@ -253,15 +253,15 @@ class PhaseLoader:
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "manifest_sha256": self.dataset.manifest_sha256,
-                "phase": self.dataset.phase["name"], "seed": self.dataset.plan.seed, "cursor": self.cursor(),
+                "phase": self.dataset.phase.name, "seed": self.dataset.plan.seed, "cursor": self.cursor(),
                 "sequences": len(self.dataset.plan)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r}, this curation reads {STATE_VERSION}")
-        if state["phase"] != self.dataset.phase["name"] or state["seed"] != self.dataset.plan.seed:
+        if state["phase"] != self.dataset.phase.name or state["seed"] != self.dataset.plan.seed:
             raise ValueError(f"the state is for phase {state['phase']!r} seed {state['seed']}, this loader reads phase "
-                             f"{self.dataset.phase['name']!r} seed {self.dataset.plan.seed}")
+                             f"{self.dataset.phase.name!r} seed {self.dataset.plan.seed}")
         if state["manifest_sha256"] != self.dataset.manifest_sha256:
             raise ValueError("the state was saved with a different manifest.json: resume with the manifest it was saved with")
         if not 0 <= int(state["cursor"]) <= len(self.dataset.plan):

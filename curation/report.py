@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.manifest import Manifest
+
 MAX_ROWS = 500_000  # rows read for the per-document plots (a random-free prefix of each file is enough)
 
 
@@ -230,14 +232,13 @@ def _tokens(out: Path) -> list[str]:
     manifest = out / "manifest.json"
     if manifest.exists():
         plt = _plt()
-        data = json.loads(manifest.read_text())
-        sources = list(data["sources"])
-        fig, ax = plt.subplots(figsize=(7, 0.5 * len(data["phases"]) + 1.2))
-        left = np.zeros(len(data["phases"]))
+        data = Manifest.from_json(json.loads(manifest.read_text()), manifest)
+        sources = list(data.sources)
+        fig, ax = plt.subplots(figsize=(7, 0.5 * len(data.phases) + 1.2))
+        left = np.zeros(len(data.phases))
         for source in sources:
-            values = np.array([sum(r["count"] for r in p["allocation"].get(source, [])) * data["seq_len"]
-                               for p in data["phases"]])
-            ax.barh([p["name"] for p in data["phases"]], values, left=left, label=source)
+            values = np.array([sum(r.count for r in p.allocation.get(source, ())) * data.seq_len for p in data.phases])
+            ax.barh([p.name for p in data.phases], values, left=left, label=source)
             left += values
         ax.invert_yaxis()
         _axis(ax, "count")
