@@ -13,20 +13,21 @@ component's edges, so the largest cluster (not the corpus) bounds the largest ta
 
 Each round is a step with a marker (`Steps`): a killed aggregate resumes at its first unfinished round,
 and a round's outputs are rewritten whole (same names, atomic files) when it runs again.
+
+Every folder may be on local disk or in object storage (`curation.storage`: a cluster whose nodes share
+no disk keeps the rounds under `s3://.../_work`): a file appears whole under its final name or not at
+all, a task lists its partition's folder once, and a step's marker is written after its outputs.
 """
 
 from __future__ import annotations
 
-import glob
-import json
-import os
-import shutil
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.io import AtomicParquetWriter, write_json_atomic
 
 EDGE_SCHEMA = pa.schema([("u", pa.int64()), ("v", pa.int64())])
@@ -37,24 +38,25 @@ MAX_ROUNDS = 200  # a star forest is reached in O(log n) rounds; this only stops
 class Steps:
     """Sub-steps of an aggregate step, each run once: its result is kept in a marker under
     work_dir/steps, and a rerun after a kill skips every step whose marker exists. A step without a
-    marker starts from empty output folders (what a killed attempt left is removed first)."""
+    marker starts from empty output folders (what a killed attempt left is removed first). The markers
+    are found with one listing of the folder, when the first step runs."""
 
     def __init__(self, work_dir: str) -> None:
-        self.folder = os.path.join(work_dir, "steps")
+        self.folder = storage.join(work_dir, "steps")
+        self._done: set[str] | None = None
 
     def run(self, name: str, outputs: list[str], fn: Callable[[], Any]) -> Any:
-        marker = os.path.join(self.folder, f"{name}.json")
-        if os.path.exists(marker):
-            with open(marker) as handle:
-                return json.load(handle)["result"]
+        marker = storage.join(self.folder, f"{name}.json")
+        if self._done is None:
+            self._done = storage.names_in(self.folder)
+        if f"{name}.json" in self._done:
+            return storage.read_json(marker)["result"]
         for folder in outputs:
-            shutil.rmtree(folder, ignore_errors=True)
+            storage.delete_tree(folder)
         result = fn()
         write_json_atomic(marker, {"result": result})
+        self._done.add(f"{name}.json")
         return result
-
-    def done(self, name: str) -> bool:
-        return os.path.exists(os.path.join(self.folder, f"{name}.json"))
 
 
 def key_partition(u: np.ndarray, partitions: int) -> np.ndarray:
@@ -74,7 +76,7 @@ def write_keyed(u: np.ndarray, v: np.ndarray, folder: str, name: str, partitions
     u, v, part = u[order], v[order], part[order]
     bounds = np.flatnonzero(np.concatenate([[True], part[1:] != part[:-1], [True]]))
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        writer = AtomicParquetWriter(os.path.join(folder, f"p{part[lo]:04d}", f"{name}.parquet"), schema=EDGE_SCHEMA)
+        writer = AtomicParquetWriter(storage.join(folder, f"p{part[lo]:04d}", f"{name}.parquet"), schema=EDGE_SCHEMA)
         writer.write(pa.table({"u": u[lo:hi], "v": v[lo:hi]}, schema=EDGE_SCHEMA))
         writer.commit()
     return len(u)
@@ -87,10 +89,10 @@ def write_undirected(src: np.ndarray, dst: np.ndarray, folder: str, name: str, p
 
 def read_keyed(folder: str, partition: int) -> tuple[np.ndarray, np.ndarray]:
     """The edges of one partition, sorted by (u, v), repeated edges and self-loops removed."""
-    files = sorted(glob.glob(os.path.join(folder, f"p{partition:04d}", "*.parquet")))
+    files = storage.parquet_files(storage.join(folder, f"p{partition:04d}"))  # one listing
     if not files:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    tables = [pq.read_table(f) for f in files]
+    tables = [pq.read_table(storage.parquet_source(f)) for f in files]
     u = np.concatenate([t.column("u").to_numpy() for t in tables])
     v = np.concatenate([t.column("v").to_numpy() for t in tables])
     del tables
@@ -151,17 +153,17 @@ def connected_components(map_fn: MapFn, steps: Steps, work_dir: str, first: str,
     removed once the next round has finished."""
     current = first
     for round_index in range(MAX_ROUNDS):
-        large_out = os.path.join(work_dir, f"{prefix}-{round_index:03d}-large")
+        large_out = storage.join(work_dir, f"{prefix}-{round_index:03d}-large")
         result = steps.run(f"{prefix}-{round_index:03d}-large", [large_out], lambda: _sum(map_fn(large_star, [
             (current, large_out, p, partitions) for p in range(partitions)])))
         if current != first:
-            shutil.rmtree(current, ignore_errors=True)
+            storage.delete_tree(current)
         if result["not_star"] == 0:
             return large_out, {"rounds": round_index + 1}
-        small_out = os.path.join(work_dir, f"{prefix}-{round_index:03d}-small")
+        small_out = storage.join(work_dir, f"{prefix}-{round_index:03d}-small")
         steps.run(f"{prefix}-{round_index:03d}-small", [small_out], lambda: _sum(map_fn(small_star, [
             (large_out, small_out, p, partitions) for p in range(partitions)])))
-        shutil.rmtree(large_out, ignore_errors=True)
+        storage.delete_tree(large_out)
         current = small_out
     raise AssertionError(f"connected components did not converge in {MAX_ROUNDS} rounds")
 

@@ -17,9 +17,14 @@ marked a copy of the earlier cluster's kept document while the old clusters stay
 An index is a folder: Parquet parts (never pickle) and `index.json`, written last, that names the
 stage, the format version, the settings the entries depend on (shingle size, permutations, bands...;
 a reader with other settings is refused, naming the file), and each part with its row count. A run's
-index holds only its own entries (extending = one more folder in the next run's `index_read`). It is
-written under `PATH.partial` and renamed into place when complete, so a reader never sees half of
-one; a killed run rewrites the parts it had not finished and publishes once.
+index holds only its own entries (extending = one more folder in the next run's `index_read`).
+
+Publishing: on disk it is written under `PATH.partial` and renamed into place when complete, so a
+reader never sees half of one; a killed run rewrites the parts it had not finished and publishes once.
+An object store has no rename: the parts go straight to their keys under `PATH` (each whole or absent,
+see `curation.storage`) and `index.json`, written last, is what makes the folder an index: a reader
+refuses a folder without it, and a resumed run rewrites the parts (the same bytes) and then writes it.
+A folder that holds anything but parts and no manifest is never written to.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import re
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -38,6 +43,7 @@ from curation.io import write_json_atomic
 FORMAT = "curation-dedup-index"
 VERSION = 1
 MANIFEST = "index.json"
+PART = re.compile(r"^part-[0-9]{5}\.parquet$")
 
 
 def part_name(k: int) -> str:
@@ -45,7 +51,11 @@ def part_name(k: int) -> str:
 
 
 def staging_dir(path: str) -> str:
-    return os.path.abspath(path).rstrip(os.sep) + ".partial"
+    """Where the parts are written: `PATH.partial` on disk (renamed into place when complete); `PATH`
+    itself in an object store, which has no rename (see the module docstring)."""
+    if storage.is_uri(path):
+        return storage.normalise(path)
+    return storage.normalise(path).rstrip(os.sep) + ".partial"
 
 
 def check_options(stage: str, read: tuple[str, ...], write: str | None, settings: dict[str, Any]) -> None:
@@ -53,7 +63,7 @@ def check_options(stage: str, read: tuple[str, ...], write: str | None, settings
     built by this stage with these settings, and the one to write is none of them."""
     for path in read:
         read_manifest(path, stage, settings)
-    if write is not None and os.path.abspath(write) in {os.path.abspath(p) for p in read}:
+    if write is not None and storage.normalise(write) in {storage.normalise(p) for p in read}:
         raise ValueError(f"stage {stage!r}: index_write {write!r} is also in index_read; "
                          "a run writes its own entries to a new folder (list both in the next run's index_read)")
 
@@ -61,18 +71,20 @@ def check_options(stage: str, read: tuple[str, ...], write: str | None, settings
 def read_manifest(path: str, stage: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The manifest of the index at `path`, refused (ValueError naming the file) when it is missing,
     another stage's, another format version, or built with other settings."""
-    manifest_path = os.path.join(path, MANIFEST)
-    if not os.path.isdir(path):
+    manifest_path = storage.join(path, MANIFEST)
+    if not storage.is_dir(path):
         raise ValueError(f"stage {stage!r}: index {path!r} does not exist (index_read names folders that an "
                          "earlier run wrote with index_write)")
-    if not os.path.exists(manifest_path):
-        partial = " (a run writing it did not finish: its parts are under .partial)" \
-            if os.path.isdir(staging_dir(path)) else ""
+    names = storage.names_in(path)  # one listing: the manifest and every part
+    if MANIFEST not in names:
+        unfinished = any(PART.match(name) for name in names) if storage.is_uri(path) \
+            else storage.is_dir(staging_dir(path))
+        partial = f" (a run writing it did not finish: its parts are under {storage.basename(staging_dir(path))})" \
+            if unfinished else ""
         raise ValueError(f"stage {stage!r}: {manifest_path} is missing: {path!r} is not a finished dedup index{partial}")
     try:
-        with open(manifest_path, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
+        manifest = storage.read_json(manifest_path)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"stage {stage!r}: cannot read {manifest_path}: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"stage {stage!r}: {manifest_path} is not a {FORMAT} manifest")
@@ -88,7 +100,7 @@ def read_manifest(path: str, stage: str, settings: dict[str, Any]) -> dict[str, 
         raise ValueError(f"stage {stage!r}: {manifest_path} was built with other settings ({detail}); its "
                          "entries cannot be compared with this run's: use the same settings or rebuild the index")
     for part in manifest.get("parts", []):
-        if not os.path.exists(os.path.join(path, part["name"])):
+        if part["name"] not in names:
             raise ValueError(f"stage {stage!r}: {manifest_path} lists {part['name']}, which is missing")
     return manifest
 
@@ -98,7 +110,7 @@ def index_parts(paths: tuple[str, ...], stage: str, settings: dict[str, Any]) ->
     parts = []
     for path in paths:
         manifest = read_manifest(path, stage, settings)
-        parts += [os.path.join(path, part["name"]) for part in manifest["parts"]]
+        parts += [storage.join(path, part["name"]) for part in manifest["parts"]]
     return parts
 
 
@@ -111,39 +123,39 @@ def run_token(work_dir: str, keys_paths: list[str]) -> str:
 
 def begin_write(path: str, stage: str, token: str) -> bool:
     """Before the parts are written: False when this run already published the index (resumed after
-    the publication), True when it is to be written. Another run's index at `path` is refused."""
-    manifest_path = os.path.join(path, MANIFEST)
-    if os.path.exists(path):
-        written_by = None
-        if os.path.exists(manifest_path):
-            with open(manifest_path, encoding="utf-8") as handle:
-                written_by = json.load(handle).get("written_by")
-        if written_by == token:
-            return False
+    the publication), True when it is to be written. Another run's index at `path` is refused, and so
+    is a folder holding anything but the parts of an unfinished index."""
+    if storage.exists(path):
+        names = storage.names_in(path) if storage.is_dir(path) else set()
+        if MANIFEST in names:
+            if storage.read_json(storage.join(path, MANIFEST)).get("written_by") == token:
+                return False
+        elif storage.is_uri(path) and names and all(PART.match(name) for name in names):
+            return True  # an unfinished write in a store: its parts are rewritten, then the manifest
         raise ValueError(f"stage {stage!r}: index_write {path!r} already exists; an index is never overwritten: "
                          "name a new folder")
-    os.makedirs(staging_dir(path), exist_ok=True)
+    storage.make_dirs(staging_dir(path))
     return True
 
 
 def publish(path: str, stage: str, settings: dict[str, Any], token: str, n_parts: int) -> dict[str, Any]:
-    """Write the manifest (last, after every part is committed), then rename the folder into place."""
+    """Write the manifest last, after every part is committed (and what killed attempts left is removed),
+    then on disk rename the folder into place."""
     staging = staging_dir(path)
+    listed = {entry.relative: entry for entry in storage.list_files(staging, recursive=False)}  # one listing
     parts = []
     for k in range(n_parts):
         name = part_name(k)
-        metadata = pq.ParquetFile(os.path.join(staging, name)).metadata
-        parts.append({"name": name, "rows": metadata.num_rows, "bytes": os.path.getsize(os.path.join(staging, name))})
+        metadata = pq.ParquetFile(storage.parquet_source(storage.join(staging, name))).metadata
+        parts.append({"name": name, "rows": metadata.num_rows, "bytes": listed[name].size})
+    ours = {part["name"] for part in parts}
+    for name, entry in listed.items():  # temporary files and surplus parts of killed attempts
+        if name not in ours and (name.startswith(".") or PART.match(name)):
+            storage.delete(entry.location)
     manifest = {"format": FORMAT, "version": VERSION, "stage": stage, "settings": settings, "written_by": token,
                 "parts": parts, "rows": sum(p["rows"] for p in parts)}
-    write_json_atomic(os.path.join(staging, MANIFEST), manifest)
-    for leftover in os.listdir(staging):  # temporary files of killed attempts
-        if leftover.startswith("."):
-            os.unlink(os.path.join(staging, leftover))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    os.rename(staging, path)
+    write_json_atomic(storage.join(staging, MANIFEST), manifest)
+    if not storage.is_uri(path):
+        os.makedirs(os.path.dirname(staging), exist_ok=True)
+        os.rename(staging, storage.normalise(path))
     return manifest
-
-
-def discard_staging(path: str) -> None:
-    shutil.rmtree(staging_dir(path), ignore_errors=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from typing import Any
 
 import numpy as np
@@ -144,8 +143,8 @@ class ExactDedup(AppliesDecisions, GlobalStage):
         })
 
     def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
-        parts_dir = os.path.join(ctx.work_dir, "parts")
-        decisions_dir = os.path.join(ctx.work_dir, "decisions")
+        parts_dir = storage.join(ctx.work_dir, "parts")
+        decisions_dir = storage.join(ctx.work_dir, "decisions")
         n, c = self.config.partitions, self.config
         index_in = dedup_index.index_parts(c.index_read, self.name, INDEX_SETTINGS)
         token = dedup_index.run_token(ctx.work_dir, ctx.keys_paths)
@@ -155,8 +154,8 @@ class ExactDedup(AppliesDecisions, GlobalStage):
         # Index parts are shards -len(parts)..-1: all before the corpus, the first listed index first.
         ctx.map(_partition_index, [(path, k - len(index_in), parts_dir, n) for k, path in enumerate(index_in)])
         results = ctx.map(_reduce_partition, [
-            (os.path.join(parts_dir, f"p{p:04d}"), os.path.join(decisions_dir, f"p{p:04d}.parquet"),
-             os.path.join(staging, dedup_index.part_name(p)) if staging else None) for p in range(n)
+            (storage.join(parts_dir, f"p{p:04d}"), storage.join(decisions_dir, f"p{p:04d}.parquet"),
+             storage.join(staging, dedup_index.part_name(p)) if staging else None) for p in range(n)
         ])
         total: dict[str, int] = {}
         for result in results:

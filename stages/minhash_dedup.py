@@ -22,7 +22,9 @@ Memory: a map task holds one shard's spilled rows, a reducer one partition, a jo
 signatures and the edges of one pair of shards, a components task one partition of the edges (the
 root of the largest cluster brings all of its cluster's edges to one task). The driver holds counts:
 nothing it holds grows with the corpus or with the duplicates. Every sub-step leaves a marker
-(`components.Steps`), so a killed aggregate resumes at the first unfinished one.
+(`components.Steps`), so a killed aggregate resumes at the first unfinished one. Every folder goes
+through `curation.storage`: under an `s3://` output the spill, shuffle, joins and decisions live in the
+bucket (`OUT/_work`), and no node's local disk holds anything another node reads.
 
 Against an earlier run (`index_read`, see `dedup_index`): an index part holds, per document the
 indexed run's stage saw (copies too: a new document may be close only to an old copy), its band keys,
@@ -37,9 +39,6 @@ document's `root_id`. `index_write` keeps this run's documents the same way, one
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
-import shutil
 from typing import Any, Literal
 
 import numpy as np
@@ -47,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.io import AtomicParquetWriter
 from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStage, live_mask, register_stage
 from curation.stages import text_rules as tr
@@ -208,7 +208,7 @@ EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
 
 
 def _shard_dir(folder: str, prefix: str, shard: int) -> str:
-    return os.path.join(folder, f"{prefix}-{shard:06d}")
+    return storage.join(folder, f"{prefix}-{shard:06d}")
 
 
 def _unique_edges(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -227,13 +227,15 @@ def _runs(sorted_values: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _read_edges(files: list[str], columns: list[str] | None = None) -> pa.Table:
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]) if files else EDGE_SCHEMA.empty_table()
+    if not files:
+        return EDGE_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(storage.parquet_source(f), columns=columns) for f in files])
 
 
 def _verified_column_of(keys_path: str, column: str) -> tuple[np.ndarray, pa.Array]:
     """(nodes sorted, the column compared by verification in that order) of one shard's spilled rows:
     `signature` (fixed-size binary) or `shingles` (a list of shingle hashes)."""
-    table = pq.read_table(keys_path, columns=["node", column])
+    table = pq.read_table(storage.parquet_source(keys_path), columns=["node", column])
     node = table.column("node").to_numpy()
     order = np.argsort(node, kind="stable")
     return node[order], table.column(column).combine_chunks().take(pa.array(order))
@@ -277,12 +279,12 @@ def _partition_band_keys(args: tuple[str, str, int]) -> int:
     """Shuffle map (a Ray task): one shard's spilled rows (one per document, its band keys as a list)
     become one (band_key, node) row per band, split into partitions by band key."""
     keys_path, parts_dir, partitions = args
-    table = pq.read_table(keys_path, columns=["node", "band_keys"])
+    table = pq.read_table(storage.parquet_source(keys_path), columns=["node", "band_keys"])
     bands = table.column("band_keys").combine_chunks()
     per_doc = len(bands.values) // max(len(bands), 1)
     flat = pa.table({"band_key": bands.flatten(), "node": pa.array(np.repeat(table.column("node").to_numpy(), per_doc))})
     part = (flat.column("band_key").to_numpy() % np.uint64(partitions)).astype(np.int32)
-    write_partitions(flat, part, parts_dir, os.path.basename(keys_path), partitions)
+    write_partitions(flat, part, parts_dir, storage.basename(keys_path), partitions)
     return table.num_rows
 
 
@@ -348,7 +350,7 @@ def _write_by_shard(src: np.ndarray, dst: np.ndarray, shard: np.ndarray, folder:
     order = np.argsort(shard, kind="stable")
     src, dst, shard = src[order], dst[order], shard[order]
     for lo, hi in _runs(shard):
-        writer = AtomicParquetWriter(os.path.join(_shard_dir(folder, kind, int(shard[lo])), f"p{partition:04d}.parquet"),
+        writer = AtomicParquetWriter(storage.join(_shard_dir(folder, kind, int(shard[lo])), f"p{partition:04d}.parquet"),
                                      schema=EDGE_SCHEMA)
         writer.write(pa.table({"src": src[lo:hi], "dst": dst[lo:hi]}))
         writer.commit()
@@ -359,7 +361,7 @@ def _attach_dst_signatures(args: tuple[int, str, str, str, str]) -> int:
     signature (or shingle set) of their `dst`, and are written split by the shard of their `src`.
     Holds one shard's column."""
     shard, keys_path, edges_dir, joined_dir, column = args
-    files = sorted(glob.glob(os.path.join(_shard_dir(edges_dir, "dst", shard), "*.parquet")))
+    files = storage.parquet_files(_shard_dir(edges_dir, "dst", shard))  # one listing
     if not files:
         return 0
     edges = _read_edges(files)
@@ -371,7 +373,7 @@ def _attach_dst_signatures(args: tuple[int, str, str, str, str]) -> int:
     dst_values = values.take(pa.array(np.searchsorted(nodes, dst)))
     for lo, hi in _runs(src_shard):
         writer = AtomicParquetWriter(
-            os.path.join(_shard_dir(joined_dir, "src", int(src_shard[lo])), f"dst-{shard:06d}.parquet"))
+            storage.join(_shard_dir(joined_dir, "src", int(src_shard[lo])), f"dst-{shard:06d}.parquet"))
         writer.write(pa.table({"src": src[lo:hi], "dst": dst[lo:hi], "dst_value": dst_values.slice(lo, hi - lo)}))
         writer.commit()
     return len(src)
@@ -383,13 +385,13 @@ def _verify_src(args: tuple[int, str, str, float, str, int, str]) -> int:
     exact) reaches the threshold are written as the connected-components input. Reads one (src shard,
     dst shard) file at a time."""
     shard, keys_path, joined_dir, threshold, cc_dir, partitions, column = args
-    files = sorted(glob.glob(os.path.join(_shard_dir(joined_dir, "src", shard), "*.parquet")))
+    files = storage.parquet_files(_shard_dir(joined_dir, "src", shard))  # one listing
     if not files:
         return 0
     nodes, values = _verified_column_of(keys_path, column)
     kept_src, kept_dst = [], []
     for path in files:
-        table = pq.read_table(path)
+        table = pq.read_table(storage.parquet_source(path))
         src, dst = table.column("src").to_numpy(), table.column("dst").to_numpy()
         own = values.take(pa.array(np.searchsorted(nodes, src)))
         keep = similarity(own, table.column("dst_value").combine_chunks()) >= threshold
@@ -415,7 +417,7 @@ def _cluster_decisions(args: tuple[int, str, str, str]) -> dict[str, int]:
     node and every other member `duplicate_of` = the root's id (from this shard's spilled rows); rows
     are written split by the member's shard, as decisions/sNNNNNN/root-MMMMMM.parquet."""
     shard, keys_path, by_root_dir, decisions_dir = args
-    files = sorted(glob.glob(os.path.join(_shard_dir(by_root_dir, "root", shard), "*.parquet")))
+    files = storage.parquet_files(_shard_dir(by_root_dir, "root", shard))  # one listing
     if not files:
         return {}
     edges = _read_edges(files)
@@ -423,7 +425,7 @@ def _cluster_decisions(args: tuple[int, str, str, str]) -> dict[str, int]:
     del edges
     roots, sizes = np.unique(root, return_counts=True)
     sizes = sizes + 1
-    spilled = pq.read_table(keys_path, columns=["node", "id"])
+    spilled = pq.read_table(storage.parquet_source(keys_path), columns=["node", "id"])
     spilled_node = spilled.column("node").to_numpy()
     order = np.argsort(spilled_node, kind="stable")
     root_ids = spilled.column("id").take(pa.array(order[np.searchsorted(spilled_node[order], roots)]))
@@ -440,7 +442,7 @@ def _cluster_decisions(args: tuple[int, str, str, str]) -> dict[str, int]:
     order = order[member_shard[order] >= 0]  # indexed documents (negative shards) keep their decisions
     table, member_shard = table.take(pa.array(order)), member_shard[order]
     for lo, hi in _runs(member_shard):
-        writer = AtomicParquetWriter(os.path.join(decisions_dir, f"s{member_shard[lo]:06d}", f"root-{shard:06d}.parquet"),
+        writer = AtomicParquetWriter(storage.join(decisions_dir, f"s{member_shard[lo]:06d}", f"root-{shard:06d}.parquet"),
                                      schema=DECISION_SCHEMA)
         writer.write(table.slice(lo, hi - lo))
         writer.commit()
@@ -454,7 +456,7 @@ def _index_as_keys(args: tuple[str, int, str]) -> int:
     indexed `root_id`: a new copy names the document the indexed run kept, which `_cluster_decisions`
     reads from the root's keys file."""
     index_path, shard, out_path = args
-    table = pq.read_table(index_path)
+    table = pq.read_table(storage.parquet_source(index_path))
     node = (np.int64(shard) << ROW_BITS) + np.arange(table.num_rows, dtype=np.int64)
     writer = AtomicParquetWriter(out_path)
     writer.write(pa.table({"node": node, "id": table.column("root_id"), "band_keys": table.column("band_keys"),
@@ -466,16 +468,14 @@ def _index_as_keys(args: tuple[str, int, str]) -> int:
 def _index_part(args: tuple[int, str, str, str]) -> int:
     """This run's index part for one shard: every document of its spilled rows, in corpus order, with
     the id of the document its cluster kept (its own where it is kept)."""
-    import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
-
     shard, keys_path, decisions_dir, out_path = args
-    keys = pq.read_table(keys_path)
+    keys = pq.read_table(storage.parquet_source(keys_path))
     keys = keys.take(pa.array(np.argsort(keys.column("node").to_numpy(), kind="stable")))
-    files = sorted(glob.glob(os.path.join(decisions_dir, f"s{shard:06d}", "*.parquet")))
+    files = storage.parquet_files(storage.join(decisions_dir, f"s{shard:06d}"))  # one listing
     row = keys.column("node").to_numpy() & ((1 << ROW_BITS) - 1)
     root_id = keys.column("id").combine_chunks()
     if files:
-        decided = ds.dataset(files, format="parquet", schema=DECISION_SCHEMA).to_table(columns=["row", "duplicate_of"])
+        decided = storage.dataset(files, format="parquet", schema=DECISION_SCHEMA).to_table(columns=["row", "duplicate_of"])
         decided = decided.filter(pc.is_valid(decided.column("duplicate_of")))
         where = pc.index_in(pa.array(row), value_set=decided.column("row").combine_chunks())
         root_id = pc.coalesce(decided.column("duplicate_of").combine_chunks().take(where), root_id)
@@ -602,7 +602,7 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         Each step's input is removed once the step after it has finished."""
         work = ctx.work_dir
         parts_dir, edges_dir, joined_dir, verified_dir, by_root_dir, decisions_dir = (
-            os.path.join(work, f) for f in ("parts", "edges", "joined", "cc-input", "by-root", "decisions"))
+            storage.join(work, f) for f in ("parts", "edges", "joined", "cc-input", "by-root", "decisions"))
         n, c = self.config.partitions, self.config
         steps = Steps(work)
         shards = list(zip(ctx.keys_shards, ctx.keys_paths))
@@ -611,8 +611,8 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         token = dedup_index.run_token(ctx.work_dir, ctx.keys_paths)
         writing = c.index_write is not None and dedup_index.begin_write(c.index_write, self.name, token)
         # Index parts are shards -len(parts)..-1: all before the corpus, the first listed index first.
-        index_dir = os.path.join(work, "index-keys")
-        indexed_shards = [(k - len(index_in), os.path.join(index_dir, f"i{k:06d}.parquet")) for k in range(len(index_in))]
+        index_dir = storage.join(work, "index-keys")
+        indexed_shards = [(k - len(index_in), storage.join(index_dir, f"i{k:06d}.parquet")) for k in range(len(index_in))]
         indexed = steps.run("index-keys", [index_dir], lambda: sum(ctx.map(_index_as_keys, [
             (path, shard, out) for path, (shard, out) in zip(index_in, indexed_shards)])))
         shards = indexed_shards + shards
@@ -621,16 +621,16 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         verify = c.verify != "none"
         column = "shingles" if c.verify == "exact" else "signature"
         candidates = steps.run("buckets", [edges_dir, verified_dir], lambda: sum(ctx.map(_bucket_edges, [
-            (os.path.join(parts_dir, f"p{p:04d}"), edges_dir if verify else verified_dir, p, n,
+            (storage.join(parts_dir, f"p{p:04d}"), edges_dir if verify else verified_dir, p, n,
              c.bucket_neighbours, verify) for p in range(n)])))
-        shutil.rmtree(parts_dir, ignore_errors=True)
+        storage.delete_tree(parts_dir)
         if verify:
             steps.run("attach", [joined_dir], lambda: sum(ctx.map(_attach_dst_signatures, [
                 (s, path, edges_dir, joined_dir, column) for s, path in shards])))
-            shutil.rmtree(edges_dir, ignore_errors=True)
+            storage.delete_tree(edges_dir)
             verified = steps.run("verify", [verified_dir], lambda: sum(ctx.map(_verify_src, [
                 (s, path, joined_dir, c.threshold, verified_dir, n, column) for s, path in shards])))
-            shutil.rmtree(joined_dir, ignore_errors=True)
+            storage.delete_tree(joined_dir)
         else:
             verified = candidates
         star_dir, cc = distributed_components(ctx.map, steps, work, verified_dir, n)
@@ -638,15 +638,15 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
             (star_dir, p, by_root_dir) for p in range(n)])))
         totals = steps.run("decisions", [decisions_dir], lambda: _sum_counts(ctx.map(_cluster_decisions, [
             (s, path, by_root_dir, decisions_dir) for s, path in shards])))
-        os.makedirs(decisions_dir, exist_ok=True)
+        storage.make_dirs(decisions_dir)
         for folder in (verified_dir, star_dir, by_root_dir, index_dir):
-            shutil.rmtree(folder, ignore_errors=True)
+            storage.delete_tree(folder)
         index_written = {}
         if writing:
             staging = dedup_index.staging_dir(c.index_write)
             ours = list(zip(ctx.keys_shards, ctx.keys_paths))
             steps.run("index-write", [staging], lambda: sum(ctx.map(_index_part, [
-                (s, path, decisions_dir, os.path.join(staging, dedup_index.part_name(k)))
+                (s, path, decisions_dir, storage.join(staging, dedup_index.part_name(k)))
                 for k, (s, path) in enumerate(ours)])))
             index_written = {"index_written": dedup_index.publish(c.index_write, self.name, settings, token,
                                                                   len(ours))["rows"]}

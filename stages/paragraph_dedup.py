@@ -8,7 +8,8 @@ Metrics: `paragraphs_removed`, `bytes_removed`.
 
 Corpus-wide like `exact_dedup`: workers spill (hash, shard, row, paragraph) for every paragraph, the
 aggregate step shuffles them by hash into partitions (Ray tasks) and each partition lists the later
-copies; each worker then reads only the removals of its shard.
+copies; each worker then reads only the removals of its shard. Every folder goes through
+`curation.storage`, so the work folder may be in a bucket (`s3://.../_work`).
 
 Against an earlier run (`index_read`, see `dedup_index`): the indexed paragraph hashes join the shuffle
 as shards before the corpus, so a paragraph an indexed run saw is cut wherever it appears in this one.
@@ -18,9 +19,7 @@ as shards before the corpus, so a paragraph an indexed run saw is cut wherever i
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
-import os
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.io import AtomicParquetWriter
 from curation.stage import TEXT, AggregateContext, BatchPosition, GlobalStage, drop_rows, live_mask, register_stage, set_column
 from curation.stages import text_rules as tr
@@ -42,7 +42,7 @@ INDEX_HASH = "blake2b-64 little-endian of the paragraph lower-cased, white space
 def _partition_index(args: tuple[str, int, str, int]) -> int:
     """Shuffle map of an index part: its hashes as paragraphs of shard `shard` (negative: before the corpus)."""
     index_path, shard, parts_dir, partitions = args
-    hashes = pq.read_table(index_path).cast(INDEX_SCHEMA).column("hash").combine_chunks()
+    hashes = pq.read_table(storage.parquet_source(index_path)).cast(INDEX_SCHEMA).column("hash").combine_chunks()
     n = len(hashes)
     table = pa.table({"hash": hashes, "shard": pa.array(np.full(n, shard, np.int32)),
                       "row": pa.array(np.zeros(n, np.int64)), "paragraph": pa.array(np.zeros(n, np.int32))})
@@ -115,7 +115,7 @@ class ParagraphDedup(GlobalStage):
         })
 
     def aggregate(self, ctx: AggregateContext) -> dict[str, Any]:
-        parts_dir = os.path.join(ctx.work_dir, "parts")
+        parts_dir = storage.join(ctx.work_dir, "parts")
         n, c, settings = self.config.partitions, self.config, self.index_settings()
         index_in = dedup_index.index_parts(c.index_read, self.name, settings)
         token = dedup_index.run_token(ctx.work_dir, ctx.keys_paths)
@@ -124,9 +124,9 @@ class ParagraphDedup(GlobalStage):
         ctx.map(partition_keys, [(path, parts_dir, n, "hash") for path in ctx.keys_paths])
         # Index parts are shards -len(parts)..-1: all before the corpus, the first listed index first.
         ctx.map(_partition_index, [(path, k - len(index_in), parts_dir, n) for k, path in enumerate(index_in)])
-        results = ctx.map(_removals, [(os.path.join(parts_dir, f"p{p:04d}"),
-                                       os.path.join(ctx.work_dir, "removals", f"p{p:04d}.parquet"),
-                                       os.path.join(staging, dedup_index.part_name(p)) if staging else None)
+        results = ctx.map(_removals, [(storage.join(parts_dir, f"p{p:04d}"),
+                                       storage.join(ctx.work_dir, "removals", f"p{p:04d}.parquet"),
+                                       storage.join(staging, dedup_index.part_name(p)) if staging else None)
                                       for p in range(n)])
         total = {key: sum(r[key] for r in results) for key in ("paragraphs", "duplicate_paragraphs")}
         if writing:
@@ -136,8 +136,9 @@ class ParagraphDedup(GlobalStage):
     def prepare(self, work_dir: str, shard_index: int) -> None:
         import pyarrow.dataset as ds  # late: it imports pandas (40 MB in every process)
 
-        files = sorted(glob.glob(os.path.join(work_dir, "removals", "*.parquet")))
-        table = ds.dataset(files, format="parquet", schema=REMOVAL_SCHEMA).to_table(filter=ds.field("shard") == shard_index)
+        files = storage.parquet_files(storage.join(work_dir, "removals"))  # one listing, on disk or in a bucket
+        table = storage.dataset(files, format="parquet", schema=REMOVAL_SCHEMA).to_table(
+            filter=ds.field("shard") == shard_index)
         table = table.sort_by([("row", "ascending"), ("paragraph", "ascending")])
         self._rows = table.column("row").to_numpy()
         self._paragraphs = table.column("paragraph").to_numpy()
