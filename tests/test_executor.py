@@ -196,7 +196,7 @@ def test_progress_within_a_single_large_shard(tmp_path, kind, ray_instance, monk
     from curation.config import ExecutorConfig
     from curation.executor import make_backend
     from curation.io import list_shards
-    from curation.pipeline import Layout, ShardProcessor, plan_segments
+    from curation.pipeline import DOCUMENTS, DocumentsSink, Layout, ShardProcessor, plan_segments
     from curation.stage import build_stage
 
     # about 50 MB: a dozen of the reader's 4 MiB blocks, more than Arrow reads ahead
@@ -210,7 +210,7 @@ def test_progress_within_a_single_large_shard(tmp_path, kind, ray_instance, monk
                                  "input": {"path": [str(path)], "block_bytes": 256 << 10}})
     (shard,) = list_shards(config.input)
     segment = plan_segments([build_stage(s) for s in config.stages])[0]
-    processor = ShardProcessor(segment, config.input, Layout(tmp_path / "o"), "zstd")
+    processor = ShardProcessor(segment, config.input, Layout(tmp_path / "o"), "zstd", [(DOCUMENTS, DocumentsSink())])
     heard: list[int] = []
     with make_backend(ExecutorConfig(kind=kind)) as backend:
         results = list(backend.map_shards(processor, [shard], progress=lambda p, position: heard.append(position)))
