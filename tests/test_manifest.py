@@ -306,3 +306,37 @@ def test_fuzzed_manifests_give_a_clear_error_or_a_correct_loader(packed_root, tm
             assert batch["input_ids"].shape[1] == SEQ_LEN
     except (ManifestError, ShardError):
         pass
+
+
+def test_manifest_records_round_trip_byte_identical(packed_root, tmp_path):
+    """A built manifest read into its records and written back is the same file, byte for byte."""
+    from curation import storage
+    from curation.manifest import Manifest
+
+    good = _manifest(tmp_path, packed_root, TWO_PHASES)
+    manifest, _ = load_manifest(good)
+    assert manifest.phase("p2").allocation["code"][0].count > 0 and manifest.sources["web"].max_epochs == 1
+    again = tmp_path / "again.json"
+    storage.write_json(again, manifest.to_json())
+    assert again.read_bytes() == good.read_bytes()
+    assert Manifest.from_json(json.loads(good.read_text()), good) == manifest
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.pop("seq_len"), r"m.json: `seq_len` is missing"),
+    (lambda m: m.update(phases={}), r"m.json: `phases` must be a list, got \{\}"),
+    (lambda m: m["sources"]["web"]["shards"][1].update(sequences="12"), r"source 'web': shard 1: `sequences` must be a non-negative integer, got '12'"),
+    (lambda m: m["sources"]["wiki"].pop("max_epochs"), r"source 'wiki': `max_epochs` is missing"),
+    (lambda m: m["phases"][1]["allocation"]["web"][0].update(start=-1), r"phase 'p2': source 'web': run: `start` must be a non-negative integer, got -1"),
+    (lambda m: m["phases"][0].update(sequences=7), r"phase 'p1': its runs do not add up to its 7 sequences"),
+    (lambda m: m["phases"][0]["allocation"].update(books=[]), r"phase 'p1' reads source 'books', which the manifest lacks"),
+    (lambda m: m["phases"].append("p3"), r"phase 2 must be a phase \(a JSON object\), got str"),
+])
+def test_a_manifest_of_the_wrong_shape_names_the_field(packed_root, tmp_path, change, message):
+    data = json.loads(_manifest(tmp_path, packed_root, TWO_PHASES).read_text())
+    change(data)
+    bad = tmp_path / "m.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=message):
+        load_manifest(bad)
+    assert cli_main(["manifest", "show", str(bad)]) == 1  # refused with the message, no traceback
