@@ -13,7 +13,7 @@ pages; its API reference pages are the closest. Junk: the kinds of tests/junk.py
 prose (menus, keyword lists, tables, fragments, code, repeated lines, all-caps spam, cookie banners, word
 salad) and junk cut from the sample's own pages (`web_junk`: a page's menu/footer lines, legal banners).
 
-    .venv/bin/python bench/bench_filter_chain.py
+    .venv/bin/python bench/bench_filter_chain.py [--tune-only]
 """
 
 from __future__ import annotations
@@ -42,8 +42,12 @@ from curation.stages.quality.models import KenlmTraining, train_classifier, trai
 
 RULES = ["gopher_quality", "gopher_repetition", "c4", "fineweb"]
 # Documentation-like pages of web_commoncrawl_samples (picked by reading them: API references, help pages,
-# how-tos, programming blog posts); the CCNet head's pages are a kind of their own.
-TECHNICAL_IDS = {f"dolma-cc2019-{n:04d}" for n in (159, 251, 271, 274, 310, 314, 317, 319, 321, 633)}
+# how-tos, programming blog posts and questions with code); the CCNet head's pages are a kind of their own.
+# 291-320 and 495-598 were added with the options for technical text: API reference pages (AdWords types,
+# Javadoc-style Firebase and Java classes, a Cast SDK class), a number-conversion how-to, a cloud API
+# overview and programming questions with code blocks.
+TECHNICAL_IDS = {f"dolma-cc2019-{n:04d}" for n in (159, 251, 271, 274, 310, 314, 317, 319, 321, 633,
+                                                    291, 304, 312, 313, 315, 316, 318, 320, 495, 554, 598)}
 TECHNICAL_URLS = ("https://maria-antoniak.github.io/2020/03/25/pip.html",
                   "https://maria-antoniak.github.io/2023/04/11/paperpile-to-zotero.html",
                   "https://maria-antoniak.github.io/2018/11/19/data-science-crash-course.html",
@@ -54,7 +58,8 @@ TECHNICAL_URLS = ("https://maria-antoniak.github.io/2020/03/25/pip.html",
 # technical text through (each documented where it is defined).
 SETTINGS = {
     "before": {},
-    "after": {"c4": {"curly_bracket_scope": "code_lines", "min_sentences_words": 30}},
+    "after": {"gopher_quality": {"skip_technical_lines": True}, "gopher_repetition": {"skip_technical_lines": True},
+              "c4": {"curly_bracket_scope": "code_lines", "min_sentences_words": 30, "trim_unterminated_tail": True}},
 }
 
 
@@ -192,23 +197,31 @@ def choose_thresholds(collected) -> dict:
             "min_score": round(float(np.nanquantile(clf, LOSS)), 4)}
 
 
-def main() -> None:
+def main(tune_only: bool) -> None:
+    """Both halves, written to bench/results/filter_chain.json; with --tune-only the tuning half alone,
+    printed (for choosing options without reading the test half)."""
     report = {}
     with tempfile.TemporaryDirectory() as name:
         tune_good, tune_junk = evaluation_set("tune")
-        test_good, test_junk = evaluation_set("test")
+        test_good, test_junk = evaluation_set("test") if not tune_only else ({}, {})
         tune_web = [r["text"] for r in read_jsonl("web_commoncrawl_samples.jsonl.gz")
                     if r["text"] and r["subset"] == "cc_raw" and half(r["id"]) == "tune" and r["id"] not in TECHNICAL_IDS]
         models = train_models(tune_good, tune_web, Path(name))
         for label, settings in SETTINGS.items():
             tuned = evaluate(tune_good, tune_junk, settings, models)
-            report[label] = {"settings": settings, "tune": tuned,
-                             "test": evaluate(test_good, test_junk, settings, models, tuned["thresholds"])}
+            report[label] = {"settings": settings, "tune": tuned}
+            if not tune_only:
+                report[label]["test"] = evaluate(test_good, test_junk, settings, models, tuned["thresholds"])
     for label, r in report.items():
-        for which in ("tune", "test"):
+        for which in ("tune", "test")[:1 if tune_only else 2]:
             print(label, which, "good", r[which]["good"]["ALL"], "\n  junk", r[which]["junk"]["ALL"])
-    (REPO / "bench" / "results" / "filter_chain.json").write_text(json.dumps(report, indent=1) + "\n")
+            if tune_only:
+                for side in ("good", "junk"):
+                    for kind, row in r[which][side].items():
+                        print("   ", side, kind, {k: v for k, v in row.items() if k != "rule_reasons"})
+    if not tune_only:
+        (REPO / "bench" / "results" / "filter_chain.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    main(tune_only="--tune-only" in sys.argv)

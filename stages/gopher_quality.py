@@ -41,6 +41,11 @@ class GopherQuality(RuleStage):
         min_stop_words: int | None = 2
         stop_words: tuple[str, ...] = STOP_WORDS_EN
         stop_words_cjk: tuple[str, ...] = STOP_WORDS_CJK
+        # False (the paper): every line is measured. True: lines of technical text that are not sentences
+        # (API signatures, command synopses, code lines: text_rules.TECHNICAL_LINE) are left out of every
+        # measure but the document's length, so a code block inside prose does not fail the alphabetic-word
+        # ratio; a page of code only is left with no words to measure and still goes (alpha_words).
+        skip_technical_lines: bool = False
 
     def check(self, batch: pa.RecordBatch, selected: tr.Selected) -> pa.RecordBatch:
         c = self.config
@@ -48,6 +53,9 @@ class GopherQuality(RuleStage):
 
         # Counted in one compiled pass over the text where the kernels are built (text_rules.quality_counts).
         counts = tr.quality_counts(text, cjk, c.stop_words, c.stop_words_cjk)
+        doc_words = counts.words
+        if c.skip_technical_lines:
+            counts = tr.quality_counts(tr.without_technical_lines(text), cjk, c.stop_words, c.stop_words_cjk)
         n_words = counts.words
         mean_length = tr.safe_ratio(counts.word_chars, n_words)
         symbols = counts.symbols
@@ -58,8 +66,8 @@ class GopherQuality(RuleStage):
 
         never = np.zeros(len(rows), dtype=bool)
         checks = [
-            ("gopher_quality:min_doc_words", n_words < c.min_doc_words if c.min_doc_words is not None else never),
-            ("gopher_quality:max_doc_words", n_words > c.max_doc_words if c.max_doc_words is not None else never),
+            ("gopher_quality:min_doc_words", doc_words < c.min_doc_words if c.min_doc_words is not None else never),
+            ("gopher_quality:max_doc_words", doc_words > c.max_doc_words if c.max_doc_words is not None else never),
             ("gopher_quality:mean_word_length",
              ~cjk & ((mean_length < c.min_avg_word_length) if c.min_avg_word_length is not None else never)
              | ~cjk & ((mean_length > c.max_avg_word_length) if c.max_avg_word_length is not None else never)),

@@ -31,6 +31,10 @@ class GopherRepetition(RuleStage):
         top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.2), (3, 0.18), (4, 0.16))
         dup_n_grams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
         cjk_chars_per_word: int = 2
+        # False (the paper): every line is measured. True: lines of technical text that are not sentences
+        # (API signatures, command synopses, code lines: text_rules.TECHNICAL_LINE) are left out of the
+        # measures, since reference pages repeat them by design (a method summary, then its details).
+        skip_technical_lines: bool = False
 
         def __post_init__(self) -> None:
             # YAML gives lists; keep the config hashable and comparable.
@@ -43,7 +47,8 @@ class GopherRepetition(RuleStage):
         # A CJK "word" here is one character; a word n-gram spans about `cjk_chars_per_word` times as
         # many characters, so CJK documents are measured on n-grams of n * cjk_chars_per_word characters.
         sizes = sorted({n for n, _ in c.top_n_grams + c.dup_n_grams})
-        stats = tr.repetition_stats(selected.text, selected.cjk, sizes, c.cjk_chars_per_word)
+        text = tr.without_technical_lines(selected.text) if c.skip_technical_lines else selected.text
+        stats = tr.repetition_stats(text, selected.cjk, sizes, c.cjk_chars_per_word)
         n_chars = np.maximum(stats.n_chars, 1)
         never = np.zeros(len(rows), dtype=bool)
 

@@ -504,6 +504,42 @@ def fineweb_counts(text: pa.Array, cjk: np.ndarray, terminal_punctuation: tuple[
                          np.where(cjk, words(text, cjk).counts, treebank_word_counts(text)))
 
 
+# --- technical lines ------------------------------------------------------------------------------
+
+# A line of technical text that is not a sentence: it ends without terminal punctuation and is an API
+# signature or declaration ("public String getProvider ()", "assignButton(slot, button)",
+# "getSafeAreaHeight() returns number", "static <E extends Enum<E>> EnumSet<E>"), a command synopsis
+# ("git log [--oneline] <path>", "ls -la") or prompt ("$ pip install -e ."), or a code line (one that opens
+# or closes a block, ends a statement or assigns). Documentation repeats these by design (a summary, then
+# the details), and they hold few alphabetic words; the Gopher measures were made for lines of prose.
+_DECLARATION = r"(public|private|protected|static|final|abstract|interface|def|function|func|fn|const|#include|typedef)\s"
+# a name and its parameters: "name(a, b)", or "name ()" with a space only when empty (Javadoc); not a
+# heading's "(and more)"
+_SIGNATURE = r"([\w>\]]\([^()]*\)|\w\s\(\))(\s*(returns?|throws)\b[^.!?]*)?"
+_GENERIC = r"\w<[\w<>,.?\s]*>"  # a generic type: List<String>, Enum<E>
+_COMMAND = r"(^|\s)(-[A-Za-z]+|--[A-Za-z][\w-]*)(=\S+)?(\s|$)|\[(-|OPTION|options)[^\]]*\]|<[\w-]+>\s*$"
+_CODE = r"^[{}]|[{}]$|[;{}]$|^\s*[\w.\[\]]+\s*[-+*/]?=\s*\S"
+_PROMPT = r"^\s*(\$|>>>)\s"
+TECHNICAL_LINE = rf"^\s*{_DECLARATION}|{_SIGNATURE}\s*[;:{{]?\s*$|{_GENERIC}|{_COMMAND}|{_CODE}"
+
+
+def technical_lines(values: pa.Array) -> np.ndarray:
+    """Per line: True for a line of technical text that is not a sentence (see TECHNICAL_LINE); a prompt
+    line ("$ pip install -e .") is technical however it ends."""
+    hit = to_numpy_bool(pc.match_substring_regex(values, TECHNICAL_LINE))
+    sentence = ends_with_any(pc.utf8_rtrim_whitespace(values), (".", "!", "?"))
+    return hit & ~sentence | to_numpy_bool(pc.match_substring_regex(values, _PROMPT))
+
+
+def without_technical_lines(text: pa.Array) -> pa.Array:
+    """Each document with its technical lines (technical_lines) taken out, its other lines as they were."""
+    doc_lines = lines(text)
+    keep = ~technical_lines(doc_lines.values)
+    offsets = np.concatenate([[0], np.cumsum(doc_lines.per_doc_count(keep))]).astype(np.int32)
+    kept = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), pc.filter(doc_lines.values, pa.array(keep))), "\n")
+    return pc.if_else(pc.is_null(text), text, kept)
+
+
 # --- wiring rules to a batch ---------------------------------------------------------------------
 
 

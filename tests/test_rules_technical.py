@@ -138,3 +138,45 @@ def test_trim_unterminated_tail_leaves_initials_and_fragments_alone():
     junk = junk_documents(seed=3, per_kind=20)
     texts = junk["fragments"] + junk["menu"]
     assert c4_reasons(texts, min_sentences_words=30, trim_unterminated_tail=True).count("c4:min_sentences") == len(texts)
+
+
+def test_technical_line_expression():
+    lines = ["public String getProvider ()", "assignButton(slot, button)", "getSafeAreaHeight() returns number",
+             "static <E extends Enum<E>> EnumSet<E>", "$ pip install -e .", "git log [--oneline] <path>", "ls -la",
+             "int main() {", "}", "*hi = r >> 64;", "allOf(Class<E> elementType)"]
+    prose = ["Returns the unique string identifier for the provider type.", "This calls foo() once.",
+             "The well-known -- dash", "About us", "Hello world (and more)", "Posted by John (admin)", "Price: $ 5",
+             "Fax: (713) 646-2600", "Copyright 2019 - All rights reserved", "Room 2 > Lot 5", "Cost -5 dollars"]
+    assert tr.technical_lines(pa.array(lines)).all()
+    assert not tr.technical_lines(pa.array(prose)).any()
+
+
+def gopher_reasons(name: str, texts: list[str], **options) -> list[str | None]:
+    stage = build_stage({"name": name, **options})
+    stage.setup()
+    batch = pa.RecordBatch.from_pydict({"id": [str(i) for i in range(len(texts))], "text": texts,
+                                        DROP_REASON: pa.nulls(len(texts), pa.string())})
+    return stage(batch).column(DROP_REASON).to_pylist()
+
+
+def test_skip_technical_lines_keeps_a_code_block_inside_prose():
+    # An Apps Script help page (real) with a HumanEval-X C++ program pasted after its second paragraph:
+    # the code's numbers and operators fail the paper's alphabetic-word ratio; skipping technical lines
+    # measures the page's prose and the program's comments.
+    page = by_id("web_commoncrawl_samples.jsonl.gz", "dolma-cc2019-0319").split("\n\n")
+    code = next(r["text"] for r in read_jsonl("code_humanevalx_linux.jsonl.gz") if r["id"] == "humanevalx-CPP-20")
+    page = "\n\n".join(page[:2] + [code] + page[2:])
+    assert gopher_reasons("gopher_quality", [page]) == ["gopher_quality:alpha_words"]
+    assert gopher_reasons("gopher_quality", [page], skip_technical_lines=True) == [None]
+
+
+def test_skip_technical_lines_still_drops_code_and_repetition():
+    # Code pages: gopher_quality alone now passes some (their comments are prose); with c4's code_lines
+    # scope after it, as the chain runs them (bench/bench_filter_chain.py), every one goes.
+    code = [r["text"] for r in read_jsonl("code_humanevalx_linux.jsonl.gz") if r["lang"] in ("c", "java", "js")][:40]
+    kept = [t for t, r in zip(code, gopher_reasons("gopher_quality", code, skip_technical_lines=True)) if r is None]
+    assert kept and c4_reasons(kept, curly_bracket_scope="code_lines") == ["c4:curly_bracket"] * len(kept)
+    junk = junk_documents(seed=3, per_kind=20)["repeated_lines"]
+    assert None not in gopher_reasons("gopher_repetition", junk, skip_technical_lines=True)
+    for name in ("gopher_quality", "gopher_repetition"):
+        assert build_stage({"name": name}).config.skip_technical_lines is False  # the paper's default
