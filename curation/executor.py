@@ -1,7 +1,8 @@
 """Runs a pipeline over the input shards: on Ray actors (the default) or in-process (`kind: local`).
 
 The unit of work is one input shard: a worker streams its record batches through a segment of stages
-and commits the shard's outputs atomically, then a completion marker. So a killed worker loses at most
+(in the last pass, on to the sinks: `curation.sink`) and commits the shard's outputs atomically, then a
+completion marker; each sink's `finish` runs once after the last shard. So a killed worker loses at most
 the shard it held, which is retried on a new actor; a killed driver is resumed by running the same
 command again, which skips every shard whose marker exists. Output bytes do not depend on the
 executor, on the number of workers or on interruptions.
@@ -603,7 +604,6 @@ def _run_aggregate(backend, segment: Segment, shards: list[Shard], layout: Layou
     result = stage.aggregate(ctx)
     write_json_atomic(marker, {"result": result, "wall_s": time.perf_counter() - started})
     _release_memory()  # the driver's share of the aggregate (components, say) before the next pass
-
 
 
 def _run_finish(backend, key: str, sink: Sink, shards: list[Shard], layout: Layout, bad: dict[int, str],

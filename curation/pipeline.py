@@ -38,7 +38,7 @@ class Segment:
     stages: list[tuple[str, Stage]] = field(default_factory=list)  # (stage key, per-batch stage)
     apply_global: tuple[str, GlobalStage] | None = None  # decisions applied first
     keys_for: tuple[str, GlobalStage] | None = None  # keys computed last
-    is_last: bool = False
+    is_last: bool = False  # its batches go to the sinks
 
     @property
     def is_first(self) -> bool:
@@ -54,6 +54,8 @@ class Segment:
 
 
 def plan_segments(stages: list[Stage]) -> list[Segment]:
+    """The passes over the documents: a new one after each global stage. `stages` are the pipeline's
+    stages without its sinks (`curation.sink.split_sinks`)."""
     segments = [Segment(0)]
     for position, stage in enumerate(stages):
         key = stage_key(position, stage.name)

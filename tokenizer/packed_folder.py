@@ -1,7 +1,8 @@
 """The layout of a `curation pack` output folder: a folder of token shards per source
 (`<source>/<input shard>.{bin,index.parquet,json}`, see shards.py), the source's `_tail` shard that packs
 every input shard's last partial sequence, and `pack.json` listing every shard (written last: its
-presence means the packing is complete). Read by the pack stage, the Megatron export and the manifest."""
+presence means the packing is complete). Written by the pack sink (its `finish` step writes the tails
+and pack.json); read by the Megatron export and the manifest."""
 
 from __future__ import annotations
 
