@@ -76,6 +76,7 @@ def evaluate(tokenizer_path: str | Path, held_out: list[str], baseline: bool = T
     vocab = tokenizer.get_vocab()
     used = np.unique(np.concatenate(all_used)) if all_used else np.zeros(0)
     report["vocabulary_used_on_held_out"] = round(len(used) / len(vocab), 4)
-    longest = sorted(vocab, key=lambda t: -len(tokenizer.decode([vocab[t]]).encode("utf-8")))[:10]
+    # ties by id: get_vocab()'s order changes from one process to the next
+    longest = sorted(vocab, key=lambda t: (-len(tokenizer.decode([vocab[t]]).encode("utf-8")), vocab[t]))[:10]
     report["longest_tokens"] = [tokenizer.decode([vocab[t]]) for t in longest]
     return report
