@@ -35,6 +35,7 @@ from corpus import REPO  # noqa: E402
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import read_jsonl  # noqa: E402
 from junk import junk_documents, web_junk, word_salad  # noqa: E402
+from test_rules_decisions import CHAIN_OPTIONS  # noqa: E402
 
 from curation.stage import DROP_REASON, build_stage  # noqa: E402
 from curation.stages.quality import ClassifierQuality, PerplexityQuality  # noqa: E402
@@ -54,13 +55,10 @@ TECHNICAL_URLS = ("https://maria-antoniak.github.io/2020/03/25/pip.html",
                   "https://maria-antoniak.github.io/2022/07/27/topic-modeling-for-the-people.html",
                   "https://commoncrawl.org/faq", "https://commoncrawl.org/ccbot")
 
-# The settings compared. `before`: every stage at its paper's defaults. `after`: the options that let
-# technical text through (each documented where it is defined).
-SETTINGS = {
-    "before": {},
-    "after": {"gopher_quality": {"skip_technical_lines": True}, "gopher_repetition": {"skip_technical_lines": True},
-              "c4": {"curly_bracket_scope": "code_lines", "min_sentences_words": 30, "trim_unterminated_tail": True}},
-}
+# The settings compared. `before`: every stage at its paper's defaults. `after`: the chain's options
+# (tests/test_rules_decisions.py pins their decisions, manifests/demo.yaml runs them; each documented
+# where it is defined).
+SETTINGS = {"before": {}, "after": CHAIN_OPTIONS}
 
 
 def half(doc_id: str) -> str:

@@ -50,6 +50,11 @@ class C4(RuleStage):
         max_word_length: int | None = 1000
         filter_javascript: bool = True
         filter_policy: bool = True
+        # Our extension (empty: the paper): more phrases that remove a line, as C4's policy phrases do, e.g.
+        # ["©", "all rights reserved"]. With min_sentences_words a page made of a few long copyright notices
+        # keeps enough words to pass (1 of 19 legal banners on the tuning half of bench/bench_filter_chain.py);
+        # neither phrase is in a line of WikiText, GUM or UD EWT, while "copyright" alone is (a court case).
+        extra_policy_phrases: tuple[str, ...] = ()
         filter_lorem_ipsum: bool = True
         filter_curly_bracket: bool = True
         # "page" (the paper), "kept_lines" (the reference code) or "code_lines": only lines that look like
@@ -74,6 +79,7 @@ class C4(RuleStage):
         terminal_punctuation: tuple[str, ...] = tr.TERMINAL_PUNCTUATION
 
         def __post_init__(self) -> None:
+            object.__setattr__(self, "extra_policy_phrases", tuple(p.lower() for p in self.extra_policy_phrases))
             if self.curly_bracket_scope not in CURLY_SCOPES:
                 raise ValueError(f"curly_bracket_scope must be one of {', '.join(CURLY_SCOPES)}, "
                                  f"not {self.curly_bracket_scope!r}")
@@ -111,7 +117,8 @@ def line_rules(text: pa.Array, cjk: np.ndarray, c: C4.Config, native: bool | Non
     """The line and document rules of every document; compiled where built (tr_c4 in text_rules.cc, one
     pass and no intermediate arrays), in Arrow and numpy otherwise, with the same results."""
     lib = tr.native_library(native)
-    ascii_ = all(p.isascii() for p in (LOREM_IPSUM, JAVASCRIPT) + POLICY_PHRASES + tr.TITLES + tr.ABBREVIATIONS)
+    policy = POLICY_PHRASES + c.extra_policy_phrases if c.filter_policy else ()
+    ascii_ = all(p.isascii() for p in (LOREM_IPSUM, JAVASCRIPT) + policy + tr.TITLES + tr.ABBREVIATIONS)
     # The kernel implements the paper's and the reference's rules; code_lines and min_sentences_words run in
     # numpy (TODO: in tr_c4, for speed).
     if lib is not None and text.null_count == 0 and ascii_ and c.curly_bracket_scope != "code_lines" \
@@ -126,7 +133,7 @@ def line_rules(text: pa.Array, cjk: np.ndarray, c: C4.Config, native: bool | Non
                    flag(min_cjk)]
         lines, codes, new_text = rules_native.c4(
             lib, text, cjk, tr.unicode_classes(), tr.lower_ascii(), c.terminal_punctuation,
-            POLICY_PHRASES if c.filter_policy else (), tr.TITLES, tr.ABBREVIATIONS, (LOREM_IPSUM, JAVASCRIPT, "...", "{"),
+            policy, tr.TITLES, tr.ABBREVIATIONS, (LOREM_IPSUM, JAVASCRIPT, "...", "{"),
             options)
         doc_reason = np.array((None,) + DOC_REASONS, dtype=object)[codes]
         removed = lines[doc_reason == None].sum(axis=0)  # noqa: E711
@@ -154,6 +161,7 @@ def _line_rules_numpy(text: pa.Array, cjk: np.ndarray, c: C4.Config) -> LineRule
         remove("too_long_word", longest > c.max_word_length)
     if c.remove_citations:
         line = pc.replace_substring_regex(line, CITATION, "")
+    whole = line
     if c.filter_no_terminal_punct and c.trim_unterminated_tail and (~line_cjk).any():
         trimmed = pc.replace_substring_regex(line, LATIN_TRAILING_FRAGMENT, r"\1")
         line = pc.if_else(pa.array(line_cjk), line, trimmed)
@@ -167,7 +175,9 @@ def _line_rules_numpy(text: pa.Array, cjk: np.ndarray, c: C4.Config) -> LineRule
         remove("no_terminal_punct", ~tr.ends_with_any(line, c.terminal_punctuation) | tr.ends_with_any(line, ("...",)))
     if c.min_words_per_line is not None:
         remove("too_few_words", n_words < c.min_words_per_line)
-    lower = pc.utf8_lower(line)
+    # The phrase rules (lorem ipsum, javascript, policy) read a Latin line whole, as C4 does: a trimmed tail
+    # ("... Read our Privacy Policy") does not rescue a line C4 removes for its phrase.
+    lower = pc.utf8_lower(pc.if_else(pa.array(line_cjk), line, whole))
     alive = removed == None  # noqa: E711
     doc_reason = np.full(len(rows), None, dtype=object)
     if c.filter_lorem_ipsum:
@@ -188,7 +198,7 @@ def _line_rules_numpy(text: pa.Array, cjk: np.ndarray, c: C4.Config) -> LineRule
         doc_reason[curly_docs[doc_reason[curly_docs] == None]] = DOC_REASONS[1]  # noqa: E711
     if c.filter_policy:
         policy = np.zeros(n_lines, dtype=bool)
-        for phrase in POLICY_PHRASES:
+        for phrase in POLICY_PHRASES + c.extra_policy_phrases:
             policy |= tr.to_numpy_bool(pc.match_substring(lower, phrase))
         remove("policy", policy)
 

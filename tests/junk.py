@@ -56,7 +56,11 @@ def word_salad(seed: int = 0, count: int = 40, prose: list[str] | None = None) -
     return docs
 
 
-LEGAL = r"cookie|privacy|terms of|copyright|rights reserved|disclaimer|©"
+# A legal line names cookies, privacy, terms of use or service, copyright or reserved rights. Not "terms of"
+# alone ("in terms of quality"), nor "disclaimer" (a TV episode's "disclaimer regarding ..."), nor the "©" of
+# mojibake ("CafÃ©" is "Café"): those picked 7 prose lines of 50 on the tuning half, so "banners" held
+# whole paragraphs of prose that C4 rightly keeps.
+LEGAL = r"cookie|privacy|terms of (use|service)|terms and conditions|copyright|rights reserved|(?<!Ã)©"
 ENGLISH = ("the", "and", "of", "to", "is", "you", "our", "this", "for")
 
 

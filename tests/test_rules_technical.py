@@ -180,3 +180,39 @@ def test_skip_technical_lines_still_drops_code_and_repetition():
     assert None not in gopher_reasons("gopher_repetition", junk, skip_technical_lines=True)
     for name in ("gopher_quality", "gopher_repetition"):
         assert build_stage({"name": name}).config.skip_technical_lines is False  # the paper's default
+
+
+def test_phrase_rules_read_the_whole_line_when_its_tail_is_trimmed():
+    # C4 removes a line holding a policy phrase or "javascript" wherever in the line; trimming the line's
+    # unterminated tail must not take the phrase away first and so keep the line.
+    post = by_id("en_ud_ewt_web_docs.jsonl.gz", WEBLOG_POST)
+    sentence = post[:post.index("were buried on Saturday.") + len("were buried on Saturday.")]
+    options = {"min_sentences_words": 30, "trim_unterminated_tail": True}
+    kept = c4_text([post + "\n" + sentence + " See the photos here"], **options)[0]
+    assert kept.endswith("\n" + sentence)  # an ordinary tail: the line's sentence stays
+    for tail in ("Read our Privacy Policy", "Please enable JavaScript"):
+        kept = c4_text([post + "\n" + sentence + " " + tail], **options)[0]
+        assert "\n" not in kept and kept.endswith("they refuse to go quietly."), tail
+
+
+def test_extra_policy_phrases_remove_copyright_lines():
+    # Two copyright notices of the Common Crawl sample, 50 words in three sentences: with min_sentences_words
+    # the page keeps enough words to pass; the notices' own phrases remove both lines (the paper's list
+    # names cookies and terms of use, not copyright).
+    notices = ["© The Allen Institute for Artificial Intelligence - All Rights Reserved.",
+               next(line for r in read_jsonl("web_commoncrawl_samples.jsonl.gz") for line in (r["text"] or "").split("\n")
+                    if line.startswith("Copyright: © 2013 IJDDR"))]
+    page = "\n".join(notices)
+    assert c4_reasons([page], min_sentences_words=30) == [None]
+    assert c4_reasons([page], min_sentences_words=30,
+                      extra_policy_phrases=["©", "All Rights Reserved"]) == ["c4:min_sentences"]
+    assert C4.Config().extra_policy_phrases == ()  # the paper's six phrases only
+
+
+def test_extra_policy_phrases_run_the_same_with_or_without_the_kernel():
+    texts = [r["text"] for r in read_jsonl("web_commoncrawl_samples.jsonl.gz", limit=300) if r["text"]]
+    text, cjk = pa.array(texts), tr.cjk_mask(None, len(texts))
+    config = C4.Config(extra_policy_phrases=("all rights reserved", "licensed under"))  # ASCII: the kernel runs
+    a, b = line_rules(text, cjk, config, native=None), line_rules(text, cjk, config, native=False)
+    assert a.doc_reason.tolist() == b.doc_reason.tolist() and a.text.equals(b.text)
+    assert a.lines_removed.get("policy", 0) > line_rules(text, cjk, C4.Config(), native=False).lines_removed.get("policy", 0)
