@@ -10,7 +10,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from curation import manifest as mf
+from curation import manifest as mf, storage
 from curation.config import ExecutorConfig, load_pipeline, pipeline_from_dict, with_overrides
 from curation.errors import CurationError
 from curation.executor import PipelineError, RunOptions, make_backend, run_pipeline
@@ -39,11 +39,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if is_job(args.pipeline):  # curation plus tokenizer, packing, manifest, report
         job = load_job(args.pipeline, output=args.output, executor=args.executor, address=args.address)
         record = run_job(job, options)
-        print(format_table(json.loads((job.out / "stats.json").read_text())))
+        print(format_table(storage.read_json(job.at("stats.json"))))
         print("steps: " + ", ".join(f"{k} {v:.0f} s" for k, v in record["steps"].items()))
         for name in ("kept", "packed", "manifest.json", "report.html"):
-            if (job.out / name).exists():
-                print(f"  {job.out / name}")
+            if storage.exists(job.at(name)):
+                print(f"  {job.at(name)}")
         return 0
     config = with_overrides(load_pipeline(args.pipeline), output=args.output, executor=args.executor,
                             address=args.address)

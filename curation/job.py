@@ -18,13 +18,17 @@ A pipeline YAML with any of these extra sections runs them around the curation s
 
 Each section is a frozen dataclass of curation/job_config.py, checked when the config is loaded.
 A step whose output exists is skipped, so running the same command again resumes where it stopped
-(the curation and pack runs resume shard by shard themselves). `job.json` records each step's time.
+(the curation and pack runs resume shard by shard themselves; the manifest is rebuilt from the shards'
+metadata and written only when it changed). `job.json` records each step's time.
+
+`output.path` may be a URI (`s3://bucket/run`): every step reads and writes through `curation.storage`,
+so OUT/tokenizer, OUT/packed, the manifest and the report land in the bucket like kept and rejected,
+and nothing another node needs is left on one machine's disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -33,6 +37,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from curation import storage
 from curation.config import PipelineConfig, pipeline_from_dict, read_yaml, with_overrides
 from curation.executor import RunOptions, make_backend, run_pipeline
 from curation.io import write_json_atomic
@@ -42,7 +47,7 @@ from curation.manifest import build_manifest
 from curation.report import write_report
 from curation.stages.quality.models import KenlmTraining, read_meta, train_classifier, train_kenlm
 from curation.tokenizer.encode import Encoder
-from curation.tokenizer.evaluate import bytes_per_token, evaluate
+from curation.tokenizer.evaluate import bytes_per_token, evaluate, read_tokenizer_meta
 from curation.tokenizer.sample import SampleSpec, held_out
 from curation.tokenizer.train import train_from_shards
 
@@ -56,8 +61,15 @@ class Job:
     source: str
 
     @property
-    def out(self) -> Path:
-        return Path(self.pipeline.output.path)
+    def out(self) -> Path | str:
+        """OUT: a local path, or a URI string (object storage)."""
+        path = self.pipeline.output.path
+        return str(path).rstrip("/") if storage.is_uri(path) else Path(path)
+
+    def at(self, *parts: str) -> Path | str:
+        """OUT/part/...: a Path on disk, a URI in object storage."""
+        out = self.out
+        return storage.join(out, *parts) if isinstance(out, str) else out.joinpath(*parts)
 
 
 def load_job(path: str | Path, **overrides: Any) -> Job:
@@ -94,20 +106,20 @@ def _train_quality_models(spec: QualityModelsSection) -> None:
             train_classifier(lang, list(sides.gold), list(sides.negative), folder)
 
 
-def _train_tokenizer(job: Job, spec: TokenizerSection, backend) -> Path:
-    target = job.out / "tokenizer" / "tokenizer.json"
-    if target.exists():
+def _train_tokenizer(job: Job, spec: TokenizerSection, backend) -> Path | str:
+    target = job.at("tokenizer", "tokenizer.json")
+    if storage.exists(target):
         return target
-    return train_from_shards([str(job.out / "kept")], target.parent, spec.sample(), vocab_size=spec.vocab_size,
+    return train_from_shards([str(job.at("kept"))], job.at("tokenizer"), spec.sample(), vocab_size=spec.vocab_size,
                              method=spec.method, backend=backend)
 
 
-def _evaluate_tokenizer(tokenizer: Path, kept: Path, max_bytes: int) -> dict[str, Any]:
+def _evaluate_tokenizer(tokenizer: Path | str, kept: Path | str, max_bytes: int) -> dict[str, Any]:
     """Bytes per token per group on the held-out slice of OUT/kept (never in the training sample), beside
     the same measure on the text the sample was drawn from (the tokenizer's own `evaluate`, which skips the
     held-out slice): in-sample numbers flatter the tokenizer (Chinese 5.11 against 3.12 held out)."""
 
-    spec = SampleSpec(**json.loads((tokenizer.parent / "tokenizer_meta.json").read_text())["sample"])
+    spec = SampleSpec(**read_tokenizer_meta(tokenizer)["sample"])
     report = evaluate(tokenizer, [str(kept)], False)
     pool = report.pop("groups")
     report["groups"], report["held_out"] = {}, {"fraction": spec.holdout_fraction, "id_column": spec.id_column,
@@ -139,12 +151,12 @@ def _evaluate_tokenizer(tokenizer: Path, kept: Path, max_bytes: int) -> dict[str
     return report
 
 
-def _pack(job: Job, tokenizer: Path, spec: PackSection, options: RunOptions) -> Path:
-    packed = job.out / "packed"
+def _pack(job: Job, tokenizer: Path | str, spec: PackSection, options: RunOptions) -> Path | str:
+    packed = job.at("packed")
     stage = {"name": "pack", "tokenizer": str(tokenizer), "source_column": job.pipeline.input.source_column,
              **dataclasses.asdict(spec)}
     config = pipeline_from_dict({
-        "input": {"path": [str(job.out / "kept")], "format": "parquet"},
+        "input": {"path": [str(job.at("kept"))], "format": "parquet"},
         "output": {"path": str(packed), "documents": False},
         "executor": dataclasses.asdict(job.pipeline.executor),
         "stages": [stage],
@@ -153,11 +165,19 @@ def _pack(job: Job, tokenizer: Path, spec: PackSection, options: RunOptions) -> 
     return packed
 
 
-def _manifest(job: Job, spec: PhasesSection) -> Path:
-    phases_path = job.out / "phases.yaml"
-    phases_path.write_text(yaml.safe_dump({"root": "packed", **spec.to_yaml_dict()}, sort_keys=False))
-    target = job.out / "manifest.json"
-    build_manifest(phases_path, target)
+def _manifest(job: Job, spec: PhasesSection) -> Path | str:
+    """OUT/phases.yaml and OUT/manifest.json, each written only when its content changed: the manifest
+    is built again from the shards' metadata (one small read per shard, no hashing), so a rerun after a
+    changed phases section or a repacking is never served a stale manifest, and one after nothing
+    changed writes nothing."""
+    phases_path = job.at("phases.yaml")
+    text = yaml.safe_dump({"root": "packed", **spec.to_yaml_dict()}, sort_keys=False).encode("utf-8")
+    if not storage.is_file(phases_path) or storage.read_bytes(phases_path) != text:
+        storage.write_bytes(phases_path, text)
+    target = job.at("manifest.json")
+    manifest = build_manifest(phases_path)  # the same folder as the target: the same relative root
+    if not storage.is_file(target) or storage.read_json(target) != manifest:
+        storage.write_json(target, manifest)
     return target
 
 
@@ -188,13 +208,13 @@ def run_job(job: Job, options: RunOptions | None = None) -> dict[str, Any]:
     if s.phases is not None:
         step("manifest", _manifest, job, s.phases)
     if tokenizer is not None and s.report:
-        target = job.out / "tokenizer" / "eval.json"
-        if not target.exists():
+        target = job.at("tokenizer", "eval.json")
+        if not storage.exists(target):
             max_bytes = int(s.tokenizer.eval_mb * 1e6)
-            write_json_atomic(target, step("tokenizer_eval", _evaluate_tokenizer, tokenizer, job.out / "kept", max_bytes))
-    previous = job.out / "job.json"
-    if previous.exists():  # a resumed job: keep the times of the steps done before
-        old = json.loads(previous.read_text()).get("steps", {})
+            write_json_atomic(target, step("tokenizer_eval", _evaluate_tokenizer, tokenizer, job.at("kept"), max_bytes))
+    previous = job.at("job.json")
+    if storage.exists(previous):  # a resumed job: keep the times of the steps done before
+        old = storage.read_json(previous).get("steps", {})
         for name, seconds in old.items():
             if timings.get(name, 0) < 1.0 and seconds > timings.get(name, 0):
                 timings[name] = seconds

@@ -26,6 +26,14 @@ Every shard's checksums (.bin and index) are recomputed once per process before 
 shard that does not match its metadata is refused with a ShardError naming it (`verify=False` skips
 this; the cost is next to `_VERIFIED`).
 
+The manifest may be a URI (`s3://bucket/run/manifest.json`): the phase is read straight from object
+storage. Each sequence served is one ranged read of its `seq_len` tokens (tokenizer/shards.py
+`RangedTokens`), so a rank fetches only the sequences it reads, never whole shards, and nothing lands
+on local disk. Verification there streams each shard's .bin once per process through sha256 (8 MiB
+ranged reads, nothing kept): a full read of every shard the rank touches, which is what a rank reading
+a small part of large shards avoids with `verify=False` (the .bin's size and its metadata's checksum
+against the manifest's are still checked on opening).
+
     loader = PhaseLoader("manifest.json", "phase1", rank=rank, world_size=world, batch_size=8, num_workers=2)
     for batch in loader: ...
     state = loader.state_dict()          # save with the checkpoint
@@ -125,7 +133,7 @@ class PhaseDataset(IterableDataset):
             raise ValueError(f"rank {rank} is not in range for world_size {world_size}")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        # A path, or a URI: a phase is read straight from object storage (shards read whole, not mapped)
+        # A path, or a URI: a phase is read straight from object storage (ranged reads, not mapped)
         self.manifest_path = manifest_path if storage.is_uri(manifest_path) else Path(manifest_path)
         self.manifest, self.root = load_manifest(self.manifest_path)
         self.phase = self.manifest.phase(phase)

@@ -3,7 +3,8 @@ about a finished job: the funnel of documents and bytes per stage, drop reasons,
 and bytes, perplexity per language (documents of the files that trained the model apart) with the bucket
 cut-offs and how many documents they came from, dedup cluster sizes, tokens per source and per phase,
 tokenizer bytes per token per language on held-out text, and the time of every stage and step. Plots
-are matplotlib (Agg) SVG; counts print with thousands separators, bytes in KB/MB/GB."""
+are matplotlib (Agg) SVG; counts print with thousands separators, bytes in KB/MB/GB. OUT may be a URI
+(object storage): everything is read and the page written through `curation.storage`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.manifest import Manifest
 
 MAX_ROWS = 500_000  # rows read for the per-document plots (a random-free prefix of each file is enough)
@@ -100,17 +102,17 @@ def _pair(labels: list[str], docs: list[float], size: list[float], what: str) ->
     return _svg(fig)
 
 
-def _columns(folder: Path, names: list[str], part_files: bool = False) -> dict[str, np.ndarray]:
+def _columns(folder: Path | str, names: list[str], part_files: bool = False) -> dict[str, np.ndarray]:
     """Columns of the Parquet files of `folder` (at most MAX_ROWS rows); "text" gives the UTF-8 bytes of
     each text as "text_bytes"; `part_files` adds "part" (the file each row came from)."""
 
-    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+    files = storage.parquet_files(folder)  # one listing; a missing folder has none
     found: dict[str, list[np.ndarray]] = {}
     rows = 0
     for path in files:
         if rows >= MAX_ROWS:
             break
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(storage.parquet_source(path))
         present = [n for n in names if n in parquet.schema_arrow.names]
         if not present:
             continue
@@ -123,7 +125,8 @@ def _columns(folder: Path, names: list[str], part_files: bool = False) -> dict[s
             else:
                 found.setdefault(name, []).append(column.to_numpy(zero_copy_only=False))
         if part_files:
-            found.setdefault("part", []).append(np.full(table.num_rows, f"{folder.name}/{path.name}", dtype=object))
+            found.setdefault("part", []).append(np.full(table.num_rows, f"{storage.basename(folder)}/{storage.basename(path)}",
+                                                        dtype=object))
     return {name: np.concatenate(parts) for name, parts in found.items()}
 
 
@@ -135,16 +138,20 @@ def _funnel(stats: dict) -> str:
     return _pair(labels, docs, size, "left after each stage")
 
 
-def gold_parts(out: Path, gold: dict[str, list[str]]) -> dict[str, str]:
+def _resolved(location: str) -> str:
+    return storage.normalise(location) if storage.is_uri(location) else str(Path(location).resolve())
+
+
+def gold_parts(out: Path | str, gold: dict[str, list[str]]) -> dict[str, str]:
     """Output part file ("kept/part-00003.parquet") -> the language whose KenLM model its input trained
     (OUT/shards.json maps parts to inputs; paths compared resolved)."""
-    index = out / "shards.json"
-    if not gold or not index.exists():
+    index = storage.join(out, "shards.json")
+    if not gold or not storage.exists(index):
         return {}
-    trained = {str(Path(f).resolve()): lang for lang, files in gold.items() for f in files}
+    trained = {_resolved(f): lang for lang, files in gold.items() for f in files}
     parts = {}
-    for entry in json.loads(index.read_text()):
-        lang = trained.get(str(Path(entry["input"]).resolve()))
+    for entry in storage.read_json(index):
+        lang = trained.get(_resolved(entry["input"]))
         if lang is not None:
             parts[entry["kept"]] = parts[entry["rejected"]] = lang
     return parts
@@ -221,18 +228,18 @@ def _clusters(stats: dict) -> str | None:
     return _svg(fig)
 
 
-def _tokens(out: Path) -> list[str]:
+def _tokens(out: Path | str) -> list[str]:
     plots = []
-    pack = out / "packed" / "pack.json"
-    if pack.exists():
-        summary = json.loads(pack.read_text())
+    pack = storage.join(out, "packed", "pack.json")
+    if storage.exists(pack):
+        summary = storage.read_json(pack)
         names = list(summary["sources"])
         plots.append(_barh(names, [summary["sources"][n]["document_tokens"] for n in names],
                            "tokens per source (packed)", "tokens", "#dd8452"))
-    manifest = out / "manifest.json"
-    if manifest.exists():
+    manifest = storage.join(out, "manifest.json")
+    if storage.exists(manifest):
         plt = _plt()
-        data = Manifest.from_json(json.loads(manifest.read_text()), manifest)
+        data = Manifest.from_json(storage.read_json(manifest), manifest)
         sources = list(data.sources)
         fig, ax = plt.subplots(figsize=(7, 0.5 * len(data.phases) + 1.2))
         left = np.zeros(len(data.phases))
@@ -280,9 +287,9 @@ def _tokenizer_section(evaluation: dict) -> list[str]:
 def write_report(out: str | Path, models_dir: str | None = None, gold: dict[str, list[str]] | None = None) -> Path:
     """Write OUT/report.html. `gold`: language -> the files its KenLM model was trained on (the job's
     quality_models.kenlm), so that their documents are plotted apart."""
-    out = Path(out)
+    out = str(out).rstrip("/") if storage.is_uri(out) else Path(out)
     gold = gold or {}
-    stats = json.loads((out / "stats.json").read_text())
+    stats = storage.read_json(storage.join(out, "stats.json"))
     sections: list[tuple[str, list[str]]] = []
     sections.append(("Funnel", [_funnel(stats)]))
     reasons: Counter = Counter(stats["input"]["dropped"])
@@ -292,8 +299,8 @@ def write_report(out: str | Path, models_dir: str | None = None, gold: dict[str,
         top = reasons.most_common(25)
         sections.append(("Drop reasons", [_barh([r for r, _ in top], [c for _, c in top], "documents dropped, by reason",
                                                  "documents", "#c44e52")]))
-    kept = _columns(out / "kept", ["lang", "ppl", "text"], part_files=True)
-    rejected = _columns(out / "rejected", ["lang", "ppl"], part_files=True)
+    kept = _columns(storage.join(out, "kept"), ["lang", "ppl", "text"], part_files=True)
+    rejected = _columns(storage.join(out, "rejected"), ["lang", "ppl"], part_files=True)
     if "lang" in kept:
         by_docs = Counter(kept["lang"].astype(str).tolist())
         by_bytes: Counter = Counter()
@@ -318,13 +325,13 @@ def write_report(out: str | Path, models_dir: str | None = None, gold: dict[str,
     token_plots = _tokens(out)
     if token_plots:
         sections.append(("Tokens", token_plots))
-    evaluation = out / "tokenizer" / "eval.json"
-    if evaluation.exists():
-        sections.append(("Tokenizer", _tokenizer_section(json.loads(evaluation.read_text()))))
+    evaluation = storage.join(out, "tokenizer", "eval.json")
+    if storage.exists(evaluation):
+        sections.append(("Tokenizer", _tokenizer_section(storage.read_json(evaluation))))
     times = [[s["key"], f"{s['wall_s']:.1f}", f"{s['cpu_s']:.1f}", count_text(s["docs_in"]), count_text(s["docs_out"])]
              for s in stats["stages"]]
-    job = out / "job.json"
-    steps = json.loads(job.read_text()).get("steps", {}) if job.exists() else {}
+    job = storage.join(out, "job.json")
+    steps = storage.read_json(job).get("steps", {}) if storage.exists(job) else {}
     time_plot = _barh(list(steps), list(steps.values()), "wall time per job step (s)", "seconds", "#8c8c8c") if steps else ""
     sections.append(("Run times", [time_plot, _table(times, ["stage", "wall s (summed over workers)", "cpu s", "docs in", "docs out"])]))
 
@@ -342,8 +349,6 @@ td:first-child,th:first-child{{text-align:left}}</style></head>
 {''.join(parts)}
 </body></html>
 """
-    target = out / "report.html"
-    tmp = target.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(target)
-    return target
+    target = storage.join(out, "report.html")
+    storage.write_bytes(target, page.encode("utf-8"))  # whole or not at all, on disk or in a bucket
+    return target if storage.is_uri(target) else Path(target)

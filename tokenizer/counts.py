@@ -23,7 +23,6 @@ partition, the trainer `max_words` pre-tokens: none grows with the sample.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import os
 from collections import Counter
@@ -34,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation import storage
 from curation.config import InputConfig
 from curation.io import AtomicParquetWriter, list_shards, read_shard
 from curation.tokenizer.sample import SampleSpec, _groups, _uniform
@@ -102,8 +102,8 @@ def _summed(table: pa.Table) -> pa.Table:
 def merge_partition(args: tuple[str, str, int, int]) -> dict[str, int]:
     """Merge task: the summed counts of one partition; pre-tokens under `min_count` cut into chunks."""
     folder, out, min_count, rare_chunk = args
-    files = sorted(glob.glob(os.path.join(folder, "*.parquet")))
-    table = pa.concat_tables([pq.read_table(f) for f in files]) if files else COUNT_SCHEMA.empty_table()
+    files = storage.parquet_files(folder)  # on disk or in a bucket (a job's output in object storage)
+    table = pa.concat_tables([pq.read_table(storage.parquet_source(f)) for f in files]) if files else COUNT_SCHEMA.empty_table()
     summed = _summed(table)
     frequent = pc.greater_equal(summed.column("count"), min_count)
     kept = summed.filter(frequent)
@@ -123,7 +123,7 @@ def merge_partition(args: tuple[str, str, int, int]) -> dict[str, int]:
 def top_words(merged: list[str], max_words: int) -> pa.Table:
     """The `max_words` most frequent pre-tokens and chunks (ties by the word itself: deterministic).
     A chunk of a rare pre-token may come from several partitions: summed here."""
-    table = pa.concat_tables([pq.read_table(f) for f in merged]) if merged else COUNT_SCHEMA.empty_table()
+    table = pa.concat_tables([pq.read_table(storage.parquet_source(f)) for f in merged]) if merged else COUNT_SCHEMA.empty_table()
     table = _summed(table).sort_by([("count", "descending"), ("word", "ascending")])
     return table.slice(0, max_words)
 

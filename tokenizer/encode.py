@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 from tokenizers import Tokenizer
 
+from curation import storage
 from curation.errors import CurationError
 from curation.tokenizer import parity_sample
 
@@ -63,15 +64,15 @@ class EncodeError(CurationError, ValueError):
 class Encoder:
     def __init__(self, path: str | Path, dtype: str = "uint16", separator: str = SEP_TOKEN, pad: str = PAD_TOKEN,
                  *, backend: str = "auto") -> None:
-        path = Path(path)
+        path = path if storage.is_uri(path) else Path(path)  # a URI: read through curation.storage
         if dtype not in DTYPE_CHOICES:
             raise EncodeError(f"dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
         if backend not in BACKEND_CHOICES:
             raise EncodeError(f"backend must be one of {BACKEND_CHOICES}, got {backend!r}")
-        if not path.is_file():
+        if not storage.is_file(path):
             raise EncodeError(f"tokenizer file {path} does not exist: train one with `curation train-tokenizer`")
         # one read: the hash, tokenizers and fastokens all see the same bytes
-        raw = path.read_bytes()
+        raw = storage.read_bytes(path)
         try:
             self._json = raw.decode("utf-8")
             self.tokenizer = Tokenizer.from_str(self._json)
@@ -132,7 +133,7 @@ class Encoder:
             # fastokens' business and tokenizers never reads it)
             fast = fastokens.Tokenizer.from_json_str(self._json)
         except Exception as exc:  # an unsupported model, normalizer, pre-tokenizer or regex
-            return None, f"fastokens cannot load {self.path.name}: {type(exc).__name__}: {exc}"
+            return None, f"fastokens cannot load {storage.basename(self.path)}: {type(exc).__name__}: {exc}"
         try:
             size = fast.vocab_size
             if size != self.vocab_size:

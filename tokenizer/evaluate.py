@@ -5,12 +5,12 @@ measured through `Encoder`, the encoding the packed shards get; the report names
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from curation import storage
 from curation.tokenizer.encode import Encoder
 from curation.tokenizer.sample import SampleSpec, _batches, _groups, balanced_sample
 
@@ -53,15 +53,19 @@ def plain_baseline(spec: SampleSpec, inputs: list[str], vocab_size: int) -> Toke
     return Tokenizer.from_str(plain.to_str())
 
 
+def read_tokenizer_meta(tokenizer_path: str | Path) -> dict:
+    """tokenizer_meta.json beside a tokenizer.json (a path or a URI): the sample's spec and inputs."""
+    return storage.read_json(storage.join(storage.parent(tokenizer_path), "tokenizer_meta.json"))
+
+
 def evaluate(tokenizer_path: str | Path, held_out: list[str], baseline: bool = True) -> dict:
-    tokenizer_path = Path(tokenizer_path)
-    meta = json.loads((tokenizer_path.parent / "tokenizer_meta.json").read_text())
+    meta = read_tokenizer_meta(tokenizer_path)
     encoder = Encoder(tokenizer_path, "auto")
     tokenizer = encoder.tokenizer
     spec = SampleSpec(**meta["sample"])
     groups = held_out_groups(held_out, spec)
     others = {"plain_byte_level_bpe": plain_baseline(spec, meta["inputs"], meta["vocab_size"])} if baseline else {}
-    report: dict = {"tokenizer": str(tokenizer_path), "vocab_size": tokenizer.get_vocab_size(),
+    report: dict = {"tokenizer": str(tokenizer_path if storage.is_uri(tokenizer_path) else Path(tokenizer_path)), "vocab_size": tokenizer.get_vocab_size(),
                     "encoder_backend": encoder.backend, "fallback_reason": encoder.fallback_reason, "groups": {}}
     all_used = []
     for group, texts in groups.items():

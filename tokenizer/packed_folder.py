@@ -6,17 +6,18 @@ and pack.json); read by the Megatron export and the manifest."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from curation import storage
 
 TAIL = "_tail"
 SUMMARY = "pack.json"
 
 
 def load_summary(out: str | Path) -> dict[str, Any]:
-    path = Path(out) / SUMMARY
+    path = storage.join(out, SUMMARY)  # on disk or in a bucket
     try:
-        return json.loads(path.read_text())
+        return storage.read_json(path)
     except FileNotFoundError:
         raise ValueError(f"{path} is missing: {out} is not a finished `curation pack` output") from None

@@ -17,14 +17,16 @@ memory-mappable `.bin`):
 
 Files are published whole through `curation.storage` (a temporary name then a rename on disk; a
 spool file uploaded to the final key on an object store), the JSON last; a shard without its JSON is
-not a shard. A folder may be a URI (`s3://bucket/packed/web`): the loader then reads a shard's tokens
-into memory with ranged GETs instead of memory-mapping them.
+not a shard. A folder may be a URI (`s3://bucket/packed/web`): a shard's tokens are then not
+memory-mapped but read on demand (`RangedTokens`), each read a ranged GET of the rows it asks for, so a
+loader fetches the sequences it serves and never the whole .bin.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,12 +160,56 @@ def read_meta(folder: str | Path, name: str) -> dict:
     return meta
 
 
+class RangedTokens:
+    """The (sequences, seq_len) tokens of a shard in object storage, read on demand: `tokens[row]` and
+    `tokens[start:stop]` are one ranged read each of just those rows' bytes (a memory map's row access,
+    over HTTP). The file is opened in the process that reads (a forked DataLoader worker opens its own)."""
+
+    def __init__(self, location: str, dtype: np.dtype, sequences: int, seq_len: int) -> None:
+        self.location, self.dtype = location, dtype
+        self.shape = (sequences, seq_len)
+        self._row_bytes = seq_len * dtype.itemsize
+        self._handle = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handle": None, "_pid": -1}
+
+    def _file(self):
+        if self._pid != os.getpid():
+            self._handle, self._pid = storage.open_input(self.location), os.getpid()
+        return self._handle
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop (one ranged read)."""
+        size = (stop - start) * self._row_bytes
+        data = self._file().read_at(size, start * self._row_bytes) if size else b""
+        if len(data) != size:
+            raise ShardError(f"{self.location}: {len(data)} bytes at row {start}, expected {size}: the file is shorter than its metadata says")
+        return np.frombuffer(data, dtype=self.dtype).reshape(-1, self.shape[1])
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            row = int(key) + (self.shape[0] if key < 0 else 0)
+            if not 0 <= row < self.shape[0]:
+                raise IndexError(f"row {key} of {self.shape[0]}")
+            return self.rows(row, row + 1)[0]
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(self.shape[0])
+            return self.rows(start, max(start, stop))
+        raise TypeError("a remote shard's tokens are read by row or by a slice of rows")
+
+
 @dataclass
 class PackedShard:
-    """A packed shard opened for reading: tokens memory-mapped, segments as numpy arrays."""
+    """A packed shard opened for reading: tokens memory-mapped (read on demand from object storage),
+    segments as numpy arrays."""
 
     meta: dict
-    tokens: np.ndarray  # (sequences, seq_len) memmap
+    tokens: np.ndarray | RangedTokens  # (sequences, seq_len)
     seg_ptr: np.ndarray  # int64 (sequences + 1): segments of sequence i are seg_ptr[i]:seg_ptr[i+1]
     seg_pos: np.ndarray
     seg_len: np.ndarray
@@ -198,9 +244,8 @@ def open_shard(folder: str | Path, name: str, verify: bool = False, expect_sha25
             if sha256_file(path) != meta[key]:
                 raise ShardError(f"{path}: sha256 does not match {name}.json: the file was changed or damaged")
     if meta["sequences"] and storage.is_uri(bin_path):
-        # No memory map over HTTP: the shard's tokens are read whole (its size is known and checked).
-        # TODO: ranged reads of the sequences a rank needs, for shards larger than a worker's memory.
-        tokens = np.frombuffer(storage.read_bytes(bin_path), dtype=dtype).reshape(-1, meta["seq_len"])
+        # No memory map over HTTP: rows are fetched as they are asked for (the size was checked above)
+        tokens = RangedTokens(bin_path, dtype, meta["sequences"], meta["seq_len"])
     elif meta["sequences"]:
         tokens = np.memmap(bin_path, dtype=dtype, mode="r").reshape(-1, meta["seq_len"])
     else:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 import uuid
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from curation import storage
 from curation.config import ExecutorConfig
 from curation.errors import CurationError
 from curation.executor import make_backend
@@ -79,7 +79,7 @@ class CountOptions:
 
 def train_from_shards(inputs: list[str], out_dir: str | Path, spec, vocab_size: int = UINT16_VOCAB,
                       uint16: bool = True, show_progress: bool = False, method: str = DEFAULT_METHOD,
-                      backend=None, options: CountOptions | None = None) -> Path:
+                      backend=None, options: CountOptions | None = None) -> Path | str:
     """Draw the language-balanced sample from curated shards and train on it: `counts` (default) counts
     pre-tokens in Ray tasks and trains from the pruned counts, in memory that does not grow with the
     sample; `stream` feeds the sampled documents to `train_from_iterator` (the plain way). The sample's
@@ -97,9 +97,7 @@ def train_from_shards(inputs: list[str], out_dir: str | Path, spec, vocab_size: 
         return train_tokenizer(balanced_sample(inputs, spec, totals), out_dir, vocab_size=vocab_size, uint16=uint16,
                                show_progress=show_progress, extra_meta=meta)
     options = options or CountOptions()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".counts-") as work:
+    with _work_folder(out_dir) as work:
         with make_backend(ExecutorConfig(kind="ray")) if backend is None else nullcontext(backend) as backend:
             merged, info = counting.count_pretokens(inputs, spec, totals, PRE_TOKENIZER_PATTERN, work, backend,
                                                     options.min_count, options.partitions)
@@ -114,7 +112,7 @@ def train_from_shards(inputs: list[str], out_dir: str | Path, spec, vocab_size: 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = UINT16_VOCAB, min_frequency: int = 2,
                     uint16: bool = True, pattern: str = PRE_TOKENIZER_PATTERN, show_progress: bool = False,
-                    extra_meta: dict | None = None) -> Path:
+                    extra_meta: dict | None = None) -> Path | str:
     """Train on `texts` (any iterable: it is streamed) and write OUT_DIR/tokenizer.json atomically."""
     check_vocab_size(vocab_size, uint16)
     tokenizer = new_tokenizer(pattern)
@@ -131,16 +129,17 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
     tokenizer.train_from_iterator(counted(), trainer)
     if seen == 0:
         raise TokenizerError("no text to train on: the sample is empty")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(out_dir)
     meta = {"vocab_size": tokenizer.get_vocab_size(), "special_tokens": {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS},
             "pattern": pattern, "documents": seen, "uint16": uint16, **(extra_meta or {})}
+    # each file published whole (temporary file and rename on disk, one upload to its key in a bucket)
     for name, data in transformers_files().items():
-        write_atomic(out / name, json.dumps(data, indent=2) + "\n")
-    write_atomic(out / "tokenizer_meta.json", json.dumps(meta, indent=2) + "\n")
+        storage.write_bytes(storage.join(out_dir, name), (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+    storage.write_bytes(storage.join(out_dir, "tokenizer_meta.json"), (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
     # last: a tokenizer.json means the folder is complete (the job skips training when it exists)
-    write_atomic(out / "tokenizer.json", tokenizer.to_str())
-    return out / "tokenizer.json"
+    target = storage.join(out_dir, "tokenizer.json")
+    storage.write_bytes(target, tokenizer.to_str().encode("utf-8"))
+    return target if storage.is_uri(target) else Path(target)
 
 
 def transformers_files() -> dict[str, dict]:
@@ -154,15 +153,17 @@ def transformers_files() -> dict[str, dict]:
     return {"tokenizer_config.json": config, "special_tokens_map.json": roles}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: readers see the old file or the
-    whole new one. The file gets the usual mode (0666 less the umask): tempfile's files are 0600."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")  # storage.TMP_NAME: swept if left
+@contextmanager
+def _work_folder(out_dir: str | Path) -> Iterator[str]:
+    """The counting tasks' spill folder, removed afterwards: beside the tokenizer, so that on a cluster
+    whose nodes share no disk every task reaches it (a prefix in the bucket when `out_dir` is a URI)."""
+    if not storage.is_uri(out_dir):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".counts-") as work:
+            yield work
+        return
+    work = storage.join(out_dir, f".counts-{uuid.uuid4().hex[:12]}")
     try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        yield work
     finally:
-        tmp.unlink(missing_ok=True)
+        storage.delete_tree(work)
