@@ -2,8 +2,8 @@
 
 Line rules remove lines and rewrite `text`: a word over `max_word_length` characters, no terminal
 punctuation (or ending in an ellipsis), fewer than `min_words_per_line` words, "javascript", cookie and
-terms-of-use phrases (and `extra_policy_phrases`, our extension); Wikipedia citation marks are cut out. Document rules drop: "lorem ipsum", a curly
-bracket, fewer than `min_sentences` sentences in the kept lines. CJK lines count characters as words
+terms-of-use phrases (and `extra_policy_phrases`, our extension); Wikipedia citation marks are cut out.
+Document rules drop: "lorem ipsum", a curly bracket, fewer than `min_sentences` sentences in the kept lines. CJK lines count characters as words
 and end with CJK sentence punctuation.
 """
 
