@@ -142,7 +142,8 @@ def test_every_step_writes_into_the_bucket_the_bytes_it_writes_on_disk(runs):
 
 
 def test_a_rerun_in_the_bucket_redoes_no_step(runs, monkeypatch):
-    """Run again: every step finds its output and is skipped; only job.json and the report are written."""
+    """Run again: every step finds its output and is skipped. Written again: job.json, the report, and
+    the stats.json of the curation and pack runs (each run records its own, shards skipped included)."""
     _, remote, job, _ = runs
     before = files(remote)
     written = []
@@ -155,9 +156,10 @@ def test_a_rerun_in_the_bucket_redoes_no_step(runs, monkeypatch):
     monkeypatch.setattr(storage.Pending, "commit", recording)
     run_job(job, RunOptions(progress=False))
     after = files(remote)
-    assert sorted(storage.basename(w) for w in written) == ["job.json", "job.json", "report.html"], written
-    assert {k: v for k, v in after.items() if k not in ("job.json", "report.html")} == \
-        {k: v for k, v in before.items() if k not in ("job.json", "report.html")}
+    records = ("job.json", "report.html", "stats.json", "packed/stats.json")
+    assert sorted(w[len(remote) + 1:] for w in written) == sorted(["job.json", "job.json", "report.html", "stats.json",
+                                                                   "packed/stats.json"]), written
+    assert {k: v for k, v in after.items() if k not in records} == {k: v for k, v in before.items() if k not in records}
 
 
 def test_the_loader_reads_a_phase_straight_from_the_bucket_with_ranged_reads(runs, monkeypatch):
