@@ -126,16 +126,30 @@ def starts_with_any(values: pa.Array, prefixes: tuple[str, ...]) -> np.ndarray:
     return result
 
 
-def duplicate_elements(tokens: Tokens) -> np.ndarray:
-    """True for each token equal to an earlier token of the same document (the first copy is not a duplicate)."""
+def duplicate_elements(tokens: Tokens, copies: np.ndarray | None = None) -> np.ndarray:
+    """True for each token equal to an earlier token of the same document (the first copy is not a duplicate);
+    with `copies` (per document), only from the token's copies[doc] + 1-th occurrence on."""
     if len(tokens.values) == 0:
         return np.zeros(0, dtype=bool)
     ids = tokens.ids()
     key = tokens.parent * (int(ids.max()) + 1) + ids
+    if copies is not None:
+        return occurrence_rank(key) >= copies[tokens.parent]
     _, first = np.unique(key, return_index=True)
     duplicate = np.ones(len(key), dtype=bool)
     duplicate[first] = False
     return duplicate
+
+
+def occurrence_rank(key: np.ndarray) -> np.ndarray:
+    """Per element, how many equal keys come before it (0 for a first occurrence)."""
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    run_start = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    run_length = np.diff(np.concatenate([run_start, [len(key)]]))
+    rank = np.empty(len(key), dtype=np.int64)
+    rank[order] = np.arange(len(key)) - np.repeat(run_start, run_length)
+    return rank
 
 
 def safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -155,7 +169,8 @@ class NgramStats:
 
 
 def ngram_stats(word_tokens: Tokens, word_ids: np.ndarray, word_lengths: np.ndarray,
-                sizes: list[int], joiner: np.ndarray | None = None) -> dict[int, NgramStats]:
+                sizes: list[int], joiner: np.ndarray | None = None,
+                copies: np.ndarray | None = None) -> dict[int, NgramStats]:
     """Gopher's n-gram repetition measures for every document of a batch and every n in `sizes`.
 
     An n-gram's characters are its words' characters plus the n-1 spaces between them, as in
@@ -163,7 +178,8 @@ def ngram_stats(word_tokens: Tokens, word_ids: np.ndarray, word_lengths: np.ndar
     n-gram is the most frequent one, ties to the one seen first; it counts only when seen at least twice
     (deliberately unlike datatrove, which counts a lone first n-gram: one occurrence is not repetition).
     Duplicate characters are those of words covered by an occurrence of an n-gram that appeared earlier
-    in the document (the first occurrence is not counted), each word once.
+    in the document (the first occurrence is not counted), each word once; with `copies` (per document),
+    an occurrence counts from the n-gram's copies[doc] + 1-th on.
     Hashes grow one word at a time (64-bit, so collisions are negligible), and counting uses a hash
     table (`pandas.factorize`) rather than a sort.
     """
@@ -197,6 +213,7 @@ def ngram_stats(word_tokens: Tokens, word_ids: np.ndarray, word_lengths: np.ndar
             # Codes are numbered in order of first appearance: a new maximum is a first occurrence.
             seen_before = np.concatenate([[-1], np.maximum.accumulate(codes)[:-1]])
             repeated = codes <= seen_before
+            counted = repeated if copies is None else occurrence_rank(codes) >= copies[docs]
             # The top n-gram is the most frequent one (Gopher, Rae et al. 2021, table A1: "the fraction of
             # characters contained within the most frequently occurring n-gram"), not the one with most
             # characters times count. Ties go to the n-gram seen first, as datatrove's find_top_duplicate
@@ -212,8 +229,8 @@ def ngram_stats(word_tokens: Tokens, word_ids: np.ndarray, word_lengths: np.ndar
             winner = winner[np.concatenate([[True], first_docs[winner][1:] != first_docs[winner][:-1]])]
             value = first_count[winner] * chars[first][winner]
             top[first_docs[winner]] = np.where(first_count[winner] > 1, value, 0)
-            if repeated.any():
-                begin = starts[repeated]
+            if counted.any():
+                begin = starts[counted]
                 cover = np.bincount(begin, minlength=n_words + 1) - np.bincount(begin + n, minlength=n_words + 1)
                 covered = np.cumsum(cover[:n_words]) > 0
                 dup = np.bincount(parent[covered], weights=word_lengths[covered], minlength=n_docs)
@@ -391,11 +408,15 @@ class RepetitionStats:
 
 
 def repetition_stats(text: pa.Array, cjk: np.ndarray, sizes: list[int], cjk_scale: int,
-                     native: bool | None = None) -> RepetitionStats:
+                     native: bool | None = None, copies: np.ndarray | None = None) -> RepetitionStats:
     """Gopher's repetition measures of every document, for the n-grams of `sizes` (n times `cjk_scale`
     in CJK documents, whose words are characters). Compiled where the library is built (`native` None:
-    wherever it is; False: numpy), with the same numbers either way."""
-    lib = native_library(native)
+    wherever it is; False: numpy), with the same numbers either way. `copies` (per document; None: 1 each,
+    the paper): how many copies of a paragraph, line or n-gram are not repetition; the kernel counts from
+    the second copy, so documents are measured in numpy when any allows more."""
+    if copies is not None and (copies == 1).all():
+        copies = None
+    lib = native_library(native) if copies is None else None
     if lib is not None:
         spans, top, dup = rules_native.repetition(lib, text, cjk, unicode_flags(), list(sizes), cjk_scale, top_mode=1)
         return RepetitionStats(*spans.T, {n: top[:, k] for k, n in enumerate(sizes)},
@@ -403,13 +424,13 @@ def repetition_stats(text: pa.Array, cjk: np.ndarray, sizes: list[int], cjk_scal
     n_chars = pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
     counts = []
     for tokens in (non_blank(paragraphs(text)), non_blank(lines(text))):
-        duplicate = duplicate_elements(tokens)
+        duplicate = duplicate_elements(tokens, copies)
         counts += [tokens.counts, tokens.per_doc_count(duplicate),
                    tokens.per_doc_sum(np.where(duplicate, tokens.lengths(), 0)).astype(np.int64)]
     doc_words = words(text, cjk)
     wanted = (set(sizes) if (~cjk).any() else set()) | ({n * cjk_scale for n in sizes} if cjk.any() else set())
     stats = ngram_stats(doc_words, doc_words.ids(), doc_words.lengths(), sorted(wanted),
-                        joiner=(~cjk).astype(np.int64))
+                        joiner=(~cjk).astype(np.int64), copies=copies)
     zeros = np.zeros(len(cjk))
 
     def pick(n: int, field: str) -> np.ndarray:
@@ -520,7 +541,13 @@ _GENERIC = r"\w<[\w<>,.?\s]*>"  # a generic type: List<String>, Enum<E>
 _COMMAND = r"(^|\s)(-[A-Za-z]+|--[A-Za-z][\w-]*)(=\S+)?(\s|$)|\[(-|OPTION|options)[^\]]*\]|<[\w-]+>\s*$"
 _CODE = r"^[{}]|[{}]$|[;{}]$|^\s*[\w.\[\]]+\s*[-+*/]?=\s*\S"
 _PROMPT = r"^\s*(\$|>>>)\s"
-TECHNICAL_LINE = rf"^\s*{_DECLARATION}|{_SIGNATURE}\s*[;:{{]?\s*$|{_GENERIC}|{_COMMAND}|{_CODE}"
+API_LINE = rf"^\s*{_DECLARATION}|{_SIGNATURE}\s*[;:{{]?\s*$|{_GENERIC}"
+TECHNICAL_LINE = rf"{API_LINE}|{_COMMAND}|{_CODE}"
+# A reference page (an API reference, a Javadoc class page, a question about an API) holds at least this
+# many API_LINE lines. On the tuning half of bench/bench_filter_chain.py no page of WikiText, GUM, UD EWT or
+# CCNet holds 2, 4 of the 19 technical pages hold 3 or more (4 to 41), and so do 38 of the 40 code junk
+# documents and 5 of 116 web boilerplate documents (film credits "Producer(s)", a pasted program).
+REFERENCE_PAGE_LINES = 3
 
 
 def technical_lines(values: pa.Array) -> np.ndarray:
@@ -529,6 +556,15 @@ def technical_lines(values: pa.Array) -> np.ndarray:
     hit = to_numpy_bool(pc.match_substring_regex(values, TECHNICAL_LINE))
     sentence = ends_with_any(pc.utf8_rtrim_whitespace(values), (".", "!", "?"))
     return hit & ~sentence | to_numpy_bool(pc.match_substring_regex(values, _PROMPT))
+
+
+def reference_pages(text: pa.Array) -> np.ndarray:
+    """Per document: True for a reference page, one with REFERENCE_PAGE_LINES or more API signature or
+    declaration lines (API_LINE) that are not sentences."""
+    doc_lines = lines(text)
+    api = to_numpy_bool(pc.match_substring_regex(doc_lines.values, API_LINE))
+    api &= ~ends_with_any(pc.utf8_rtrim_whitespace(doc_lines.values), (".", "!", "?"))
+    return doc_lines.per_doc_count(api) >= REFERENCE_PAGE_LINES
 
 
 def without_technical_lines(text: pa.Array) -> pa.Array:

@@ -138,6 +138,29 @@ def test_duplicate_lines_match_python():
     lines = tr.lines(pa.array(texts))
     dup = tr.duplicate_elements(lines)
     assert lines.per_doc_count(dup).tolist() == [2, 0, 0, 2]
+    # with copies per document: duplicates from the copies[doc] + 1-th occurrence on
+    dup = tr.duplicate_elements(lines, np.array([2, 1, 2, 2]))
+    assert lines.per_doc_count(dup).tolist() == [0, 0, 0, 1]
+
+
+def test_ngram_stats_with_copies_match_a_plain_python_reference():
+    """An n-gram's occurrences count as repeated from its third one (copies 2), per document."""
+    texts = [r["text"] for r in read_jsonl("en_gum_docs.jsonl.gz", 20)]
+    texts += ["a b c a b c a b c d", "one two three one two three one two three four five one two three"]
+    words = tr.words(pa.array(texts), np.zeros(len(texts), dtype=bool))
+    copies = np.array([2, 1] * (len(texts) // 2) + [2] * (len(texts) % 2))
+    stats = tr.ngram_stats(words, words.ids(), words.lengths(), [2, 5], copies=copies)
+    for n in (2, 5):
+        for doc, text in enumerate(texts):
+            tokens = text.split()
+            grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+            seen, covered = Counter(), [False] * len(tokens)
+            for i, gram in enumerate(grams):
+                if seen[gram] >= copies[doc]:
+                    covered[i:i + n] = [True] * n
+                seen[gram] += 1
+            assert stats[n].duplicate_chars[doc] == sum(len(w) for w, c in zip(tokens, covered) if c), (n, doc)
+    assert stats[2].duplicate_chars[len(texts) - 1] > 0  # "one two" a third time
 
 
 def test_chinese_is_counted_by_characters():

@@ -4,6 +4,7 @@ measures them on a held-out half)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -180,6 +181,54 @@ def test_skip_technical_lines_still_drops_code_and_repetition():
     assert None not in gopher_reasons("gopher_repetition", junk, skip_technical_lines=True)
     for name in ("gopher_quality", "gopher_repetition"):
         assert build_stage({"name": name}).config.skip_technical_lines is False  # the paper's default
+
+
+# A Javadoc-style Firebase class page of the Common Crawl sample: its one method's description is in the
+# summary table and again in the details, 2 copies.
+JAVADOC_PAGE = "dolma-cc2019-0315"
+
+
+def test_reference_page_copies_keeps_a_javadoc_page():
+    page = by_id("web_commoncrawl_samples.jsonl.gz", JAVADOC_PAGE)
+    assert tr.reference_pages(pa.array([page])).tolist() == [True]
+    options = {"skip_technical_lines": True}
+    assert gopher_reasons("gopher_repetition", [page], **options) == ["gopher_repetition:dup_5_gram"]
+    assert gopher_reasons("gopher_repetition", [page], **options, reference_page_copies=2) == [None]
+    # a third copy of the page's description counts again
+    description = "Returns the unique string identifier for the provider type with which the credential is associated."
+    assert page.count(description) == 2
+    thrice = page + "\n\n" + description
+    assert gopher_reasons("gopher_repetition", [thrice], **options, reference_page_copies=2) != [None]
+    assert build_stage({"name": "gopher_repetition"}).config.reference_page_copies == 1  # the paper
+
+
+def test_reference_page_copies_measures_other_pages_as_the_paper():
+    # Prose with no API lines is not a reference page: a paragraph given twice is repetition as before.
+    article = next(r["text"] for r in read_jsonl("en_gum_docs.jsonl.gz") if len(r["text"].split("\n")) >= 4)
+    paragraphs = article.split("\n")
+    doubled = "\n\n".join(paragraphs + paragraphs[:len(paragraphs) // 2 + 1])
+    assert tr.reference_pages(pa.array([doubled])).tolist() == [False]
+    assert gopher_reasons("gopher_repetition", [doubled], reference_page_copies=2) == \
+        gopher_reasons("gopher_repetition", [doubled]) != [None]
+    junk = junk_documents(seed=3, per_kind=20)["repeated_lines"]
+    assert None not in gopher_reasons("gopher_repetition", junk, skip_technical_lines=True, reference_page_copies=2)
+
+
+def test_documents_allowed_one_copy_get_the_kernels_numbers():
+    # One document allowed 2 copies sends the batch to numpy; every other one must measure as by default
+    # (the compiled kernel where built).
+    texts = [r["text"] for r in read_jsonl("web_commoncrawl_samples.jsonl.gz", limit=200) if r["text"]]
+    text, cjk = pa.array(texts), tr.cjk_mask(None, len(texts))
+    copies = np.ones(len(texts), dtype=np.int64)
+    copies[0] = 2
+    mixed = tr.repetition_stats(text, cjk, [2, 5], 2, copies=copies)
+    default = tr.repetition_stats(text, cjk, [2, 5], 2)
+    for field in ("n_chars", "paragraphs", "dup_paragraphs", "dup_paragraph_chars", "lines", "dup_lines", "dup_line_chars"):
+        assert np.array_equal(getattr(mixed, field)[1:], getattr(default, field)[1:]), field
+    for n in (2, 5):
+        assert np.array_equal(mixed.duplicate_chars[n][1:], default.duplicate_chars[n][1:])
+    fewer = tr.repetition_stats(text, cjk, [2, 5], 2, copies=np.full(len(texts), 2))
+    assert (fewer.dup_lines <= default.dup_lines).all() and (fewer.dup_lines < default.dup_lines).any()
 
 
 def test_phrase_rules_read_the_whole_line_when_its_tail_is_trimmed():
