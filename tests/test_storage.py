@@ -428,7 +428,7 @@ DEDUP_CHAIN = ("exact_dedup", "paragraph_dedup", "minhash_dedup")
 
 def dedup_chain(index_write: str | None = None, index_read: str | None = None) -> list[dict]:
     """The demo's dedup stages with small partitions, each writing or reading its own index folder."""
-    return [{"name": name, "partitions": 3,
+    return [{"name": name, "partitions": 2,
              **({"index_write": storage.join(index_write, name)} if index_write else {}),
              **({"index_read": [storage.join(index_read, name)]} if index_read else {})} for name in DEDUP_CHAIN]
 
@@ -546,10 +546,10 @@ def test_component_rounds_in_a_bucket_resume_at_the_first_unfinished_round(bucke
     from curation.stages import components as cc
     from curation.stages import minhash_dedup as mh
 
-    path = np.random.default_rng(9).permutation(1000).astype(np.int64)
+    path = np.random.default_rng(9).permutation(300).astype(np.int64)
     src, dst = path[:-1], path[1:]
     work = f"{bucket}/work"
-    cc.write_undirected(src, dst, f"{work}/input", "edges", 3)
+    cc.write_undirected(src, dst, f"{work}/input", "edges", 2)
     calls = []
 
     def dying_map(fn, items):
@@ -559,7 +559,7 @@ def test_component_rounds_in_a_bucket_resume_at_the_first_unfinished_round(bucke
         return [fn(item) for item in items]
 
     with pytest.raises(RuntimeError, match="worker killed"):
-        cc.connected_components(dying_map, cc.Steps(work), work, f"{work}/input", 3)
+        cc.connected_components(dying_map, cc.Steps(work), work, f"{work}/input", 2)
     markers = {e.relative: e.location for e in storage.list_files(f"{work}/steps")}
     assert len(markers) == 3
     stamps = {name: storage.info(location).mtime for name, location in markers.items()}
@@ -569,8 +569,8 @@ def test_component_rounds_in_a_bucket_resume_at_the_first_unfinished_round(bucke
         resumed.append(fn.__name__)
         return [fn(item) for item in items]
 
-    star, info = cc.connected_components(counting_map, cc.Steps(work), work, f"{work}/input", 3)
-    leaf, root = cc.read_stars(star, 3)
+    star, info = cc.connected_components(counting_map, cc.Steps(work), work, f"{work}/input", 2)
+    leaf, root = cc.read_stars(star, 2)
     nodes, reference = mh.connected_components(src, dst)
     assert dict(zip(leaf.tolist(), root.tolist())) == {n: r for n, r in zip(nodes.tolist(), reference.tolist()) if n != r}
     assert len(resumed) == 2 * info["rounds"] - 1 - 3  # the three finished rounds are not run again
