@@ -46,14 +46,19 @@ RULES = ["gopher_quality", "gopher_repetition", "c4", "fineweb"]
 # how-tos, programming blog posts and questions with code); the CCNet head's pages are a kind of their own.
 # 291-320 and 495-598 were added with the options for technical text: API reference pages (AdWords types,
 # Javadoc-style Firebase and Java classes, a Cast SDK class), a number-conversion how-to, a cloud API
-# overview and programming questions with code blocks.
+# overview and programming questions with code blocks. 252 and 594 (a ROS question with CMake and XML lines,
+# a how-to for extracting RAR files) and the Common Crawl web-graph post (paths, formats, a command) were
+# added with reference_page_copies, found by looking for API lines and technical words in the sample.
 TECHNICAL_IDS = {f"dolma-cc2019-{n:04d}" for n in (159, 251, 271, 274, 310, 314, 317, 319, 321, 633,
-                                                    291, 304, 312, 313, 315, 316, 318, 320, 495, 554, 598)}
+                                                    291, 304, 312, 313, 315, 316, 318, 320, 495, 554, 598,
+                                                    252, 594)}
 TECHNICAL_URLS = ("https://maria-antoniak.github.io/2020/03/25/pip.html",
                   "https://maria-antoniak.github.io/2023/04/11/paperpile-to-zotero.html",
                   "https://maria-antoniak.github.io/2018/11/19/data-science-crash-course.html",
                   "https://maria-antoniak.github.io/2022/07/27/topic-modeling-for-the-people.html",
-                  "https://commoncrawl.org/faq", "https://commoncrawl.org/ccbot")
+                  "https://commoncrawl.org/faq", "https://commoncrawl.org/ccbot",
+                  "https://commoncrawl.org/blog/host-and-domain-level-web-graphs-september-october-november-"
+                  "december-2023-and-february-march-2024")
 
 # The settings compared. `before`: every stage at its paper's defaults. `after`: the chain's options
 # (tests/test_rules_decisions.py pins their decisions, manifests/demo.yaml runs them; each documented
