@@ -77,10 +77,11 @@ def read_manifest(path: str, stage: str, settings: dict[str, Any]) -> dict[str, 
                          "earlier run wrote with index_write)")
     names = storage.names_in(path)  # one listing: the manifest and every part
     if MANIFEST not in names:
-        unfinished = any(PART.match(name) for name in names) if storage.is_uri(path) \
-            else storage.is_dir(staging_dir(path))
-        partial = f" (a run writing it did not finish: its parts are under {storage.basename(staging_dir(path))})" \
-            if unfinished else ""
+        partial = ""
+        if storage.is_uri(path) and any(PART.match(name) for name in names):
+            partial = " (a run writing it did not finish: its parts are there, index.json comes last)"
+        elif not storage.is_uri(path) and storage.is_dir(staging_dir(path)):
+            partial = f" (a run writing it did not finish: its parts are under {storage.basename(staging_dir(path))})"
         raise ValueError(f"stage {stage!r}: {manifest_path} is missing: {path!r} is not a finished dedup index{partial}")
     try:
         manifest = storage.read_json(manifest_path)
@@ -126,7 +127,7 @@ def begin_write(path: str, stage: str, token: str) -> bool:
     the publication), True when it is to be written. Another run's index at `path` is refused, and so
     is a folder holding anything but the parts of an unfinished index."""
     if storage.exists(path):
-        names = storage.names_in(path) if storage.is_dir(path) else set()
+        names = {entry.relative for entry in storage.list_files(path)} if storage.is_dir(path) else set()
         if MANIFEST in names:
             if storage.read_json(storage.join(path, MANIFEST)).get("written_by") == token:
                 return False

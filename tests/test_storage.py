@@ -603,7 +603,11 @@ def test_an_unfinished_index_in_a_bucket_is_refused_by_readers_and_finished_by_i
     assert not dedup_index.begin_write(index, "exact_dedup", "run-1")  # published by this run: not again
     with pytest.raises(ValueError, match="already exists"):
         dedup_index.begin_write(index, "exact_dedup", "run-2")
-    storage.write_bytes(f"{bucket}/notes/part-00000.parquet.txt", b"a user's file")
-    with pytest.raises(ValueError, match="already exists"):
-        dedup_index.begin_write(f"{bucket}/notes", "exact_dedup", "run-1")
-    assert keys_in(f"{bucket}/notes") == ["part-00000.parquet.txt"]
+    users = {"notes/part-00000.parquet.txt": b"a user's file", "nested/part-00000.parquet": b"parts?",
+             "nested/sub/data.bin": b"not a part"}
+    for key, data in users.items():
+        storage.write_bytes(f"{bucket}/{key}", data)
+    for folder in ("notes", "nested"):
+        with pytest.raises(ValueError, match="already exists"):
+            dedup_index.begin_write(f"{bucket}/{folder}", "exact_dedup", "run-1")
+    assert {key: storage.read_bytes(f"{bucket}/{key}") for key in users} == users
