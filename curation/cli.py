@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
+import glob
 import json
 import logging
 import sys
@@ -11,13 +13,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from curation import manifest as mf, storage
-from curation.config import ExecutorConfig, load_pipeline, pipeline_from_dict, with_overrides
+from curation.config import ExecutorConfig, InputConfig, load_pipeline, pipeline_from_dict, with_overrides
 from curation.errors import CurationError
 from curation.executor import PipelineError, RunOptions, make_backend, run_pipeline
-from curation.io import InputError, OutputError, write_json_atomic
+from curation.io import InputError, OutputError, list_shards, write_json_atomic
 from curation.job import is_job, load_job, run_job
 from curation.job_config import PackSection
 from curation.manifest import ManifestError
+from curation.sink import Sink
 from curation.stage import GlobalStage, registered_stages
 from curation.stages.model_files import ModelError, fetch_lid_model
 from curation.stages.quality.models import KenlmTraining, TrainError, train_classifier, train_kenlm
@@ -56,7 +59,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_stages(args: argparse.Namespace) -> int:
 
     for name, cls in registered_stages().items():
-        kind = "global" if issubclass(cls, GlobalStage) else "batch"
+        kind = "global" if issubclass(cls, GlobalStage) else "sink" if issubclass(cls, Sink) else "batch"
         def shown(field: dataclasses.Field) -> str:
             if field.default is not dataclasses.MISSING:
                 return f"{field.name}={field.default!r}"
@@ -121,20 +124,36 @@ def _cmd_eval_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sources_by_stem(items: list[str], read: InputConfig) -> dict[str, list[str]]:
+    """`--source NAME=PATTERN[,PATTERN]` (globs of input file stems) as `input.sources` (the files of each
+    source): every input file must belong to one, the first whose patterns match its stem."""
+    patterns: dict[str, list[str]] = {}
+    for item in items:
+        name, _, globs = item.partition("=")
+        if not name or not globs:
+            raise ValueError(f"--source {item!r}: write it as NAME=PATTERN[,PATTERN...] (input file stems)")
+        patterns.setdefault(name, []).extend(globs.split(","))
+    files: dict[str, list[str]] = {}
+    for shard in list_shards(read):
+        source = next((name for name, globs in patterns.items()
+                       if any(fnmatch.fnmatchcase(shard.name, g) for g in globs)), None)
+        if source is None:
+            raise ValueError(f"input file {shard.path} (stem {shard.name!r}) matches no --source; "
+                             f"give it one ({', '.join(patterns)}) or leave it out")
+        files.setdefault(source, []).append(glob.escape(shard.path))
+    return files
+
+
 def _cmd_pack(args: argparse.Namespace) -> int:
     stage = {"name": "pack", "tokenizer": args.tokenizer, "seq_len": args.seq_len, "strategy": args.strategy,
              "window": args.window, "dtype": args.dtype, "source_column": args.source_column or None}
-    if args.source:
-        sources: dict[str, list[str]] = {}
-        for item in args.source:
-            name, _, patterns = item.partition("=")
-            if not name or not patterns:
-                raise ValueError(f"--source {item!r}: write it as NAME=PATTERN[,PATTERN...] (input file stems)")
-            sources.setdefault(name, []).extend(patterns.split(","))
-        stage["sources"] = sources
+    read = {"path": args.inputs, "text_column": args.text_column, "id_column": args.id_column, "empty_text": "drop"}
+    if args.source:  # the source is an input property (input.sources), decided where a file is read
+        read["sources"] = _sources_by_stem(args.source, InputConfig(path=tuple(args.inputs)))
+        read["source_column"] = args.source_column or "dataset"
+        stage["source_column"] = read["source_column"]
     config = pipeline_from_dict({
-        "input": {"path": args.inputs, "text_column": args.text_column, "id_column": args.id_column,
-                  "empty_text": "drop"},
+        "input": read,
         "output": {"path": args.out, "documents": False},
         "executor": {"kind": args.executor, **({"num_cpus": args.num_cpus} if args.num_cpus else {})},
         "stages": [stage],

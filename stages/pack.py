@@ -16,14 +16,14 @@ and rejected Parquet (`output.documents: false`). A source's stream runs across 
    writes); its metadata's `continues` names the input shard of each document it finishes. Last,
    `OUT/pack.json` lists every shard (written last: the packing is complete).
 
-The source of a document: the first `sources` entry whose shard-name patterns match its input shard,
-else the value of `source_column` (the input's `dataset` column, say), else `default_source`.
+The source of a document is decided once, where it is read (`curation/io.py`): `input.sources` names
+the source of each input file and writes it into `source_column` (or the data carries that column
+already); pack reads that column, and a document without one goes to `default_source`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 import logging
 import os
@@ -239,14 +239,6 @@ def _check_options(c: Any) -> None:
     text("tokens_column", c.tokens_column, optional=True)
     text("source_column", c.source_column, optional=True)
     text("default_source", c.default_source)
-    if c.sources is not None:
-        if not isinstance(c.sources, dict) or not c.sources:
-            raise ValueError(f"sources must map source names to input shard name patterns, got {c.sources!r}")
-        for name, patterns in c.sources.items():
-            text("a sources name", name)
-            items = [patterns] if isinstance(patterns, str) else patterns
-            if not isinstance(items, (list, tuple)) or not items or not all(isinstance(v, str) and v for v in items):
-                raise ValueError(f"sources.{name} must be a pattern or a list of patterns (strings), got {patterns!r}")
 
 
 @register_stage("pack")
@@ -264,25 +256,18 @@ class Pack(Sink):
         # used when present and produced by this tokenizer (a `tokenize` stage records its sha256 in the
         # column's field); encoded here otherwise; null: always encode
         tokens_column: str | None = "tokens"
+        # the column naming each document's source (input.sources writes it); null: one source
         source_column: str | None = "dataset"
-        sources: dict[str, tuple[str, ...]] | None = None  # source -> input shard name patterns
         default_source: str = "default"
 
         def __post_init__(self) -> None:
             _check_options(self)
-            if self.sources is not None:
-                object.__setattr__(self, "sources", {safe_source(k): tuple([v] if isinstance(v, str) else v)
-                                                     for k, v in self.sources.items()})
 
     def setup(self) -> None:
         self._encoder = Encoder(self.config.tokenizer, self.config.dtype)
 
-    def source_of(self, batch: pa.RecordBatch, position: BatchPosition, rows: pa.Array) -> pa.Array:
+    def source_of(self, batch: pa.RecordBatch, rows: pa.Array) -> pa.Array:
         c = self.config
-        if c.sources:
-            for source, patterns in c.sources.items():
-                if any(fnmatch.fnmatchcase(position.shard_name, pattern) for pattern in patterns):
-                    return pa.array([source] * len(rows), pa.string())
         if c.source_column and c.source_column in batch.schema.names:
             values = pc.fill_null(pc.take(batch.column(c.source_column), rows).cast(pa.string()), c.default_source)
             return pa.array([safe_source(v) for v in values.to_pylist()], pa.string())
@@ -408,7 +393,7 @@ class _PackWriter(SinkWriter):
         values, offsets = self.pack.encode(batch, position, rows)
         self.pack.metrics["tokens"] += int(offsets[-1])
         self.pack.metrics["documents"] += len(rows)
-        sources = self.pack.source_of(batch, position, rows).to_numpy(zero_copy_only=False)
+        sources = self.pack.source_of(batch, rows).to_numpy(zero_copy_only=False)
         ids = pc.take(batch.column(ID), rows).to_numpy(zero_copy_only=False)
         for source in sorted(set(sources.tolist())):
             picked = np.flatnonzero(sources == source)

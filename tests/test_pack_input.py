@@ -131,7 +131,6 @@ def test_a_bad_tokens_column_is_a_clear_error(tokenizers, tmp_path, capsys, valu
     ("strategy", "greedy", "strategy must be one of ('concat', 'bestfit'), got 'greedy'"),
     ("strategy", ["concat"], "got ['concat']"),
     ("tokens_column", 3, "tokens_column must be a non-empty string or null"),
-    ("sources", {"web": [1]}, "sources.web must be a pattern or a list of patterns"),
 ])
 def test_options_are_checked_when_the_stage_is_built(tokenizers, option, value, message):
     """The config checks type and range itself (a Config built in code); built from YAML options, the
@@ -143,6 +142,20 @@ def test_options_are_checked_when_the_stage_is_built(tokenizers, option, value, 
     with pytest.raises(ValueError, match="stage 'pack'") as error:
         build_stage({"name": "pack", "tokenizer": str(tokenizers[0]), option: value})
     assert option in str(error.value)
+
+
+def test_a_source_is_an_input_property(tokenizers, tmp_path, capsys):
+    """A document's source is decided where its file is read (input.sources); pack has no file patterns
+    of its own, and `--source` patterns that leave an input file out name it before any work."""
+    with pytest.raises(ValueError, match="sources"):
+        build_stage({"name": "pack", "tokenizer": str(tokenizers[0]), "sources": {"web": ["web_*"]}})
+    write_inputs(tmp_path / "in", {"a_gum": ("en_gum_docs.jsonl.gz", 5), "b_web": ("web_commoncrawl_samples.jsonl.gz", 5)})
+    assert pack(tokenizers[0], tmp_path / "packed", tmp_path / "in", "--source", "prose=a_*") == 2
+    err = capsys.readouterr().err
+    assert "b_web" in err and "matches no --source" in err and "Traceback" not in err
+    assert not (tmp_path / "packed").exists() or not list((tmp_path / "packed").rglob("*.bin"))
+    assert pack(tokenizers[0], tmp_path / "packed", tmp_path / "in", "--source", "prose=a_*", "--source", "web=b_*") == 0
+    assert set(json.loads((tmp_path / "packed" / "pack.json").read_text())["sources"]) == {"prose", "web"}
 
 
 def test_seq_len_out_of_range_from_the_command_line(tokenizers, tmp_path, capsys):
