@@ -172,6 +172,10 @@ def test_the_loader_reads_a_phase_straight_from_the_bucket_with_ranged_reads(run
             assert mine.keys() == theirs.keys()
             for key in mine:
                 assert (torch.equal(mine[key], theirs[key]) if torch.is_tensor(mine[key]) else mine[key] == theirs[key]), key
+    # DataLoader workers (forked) open their own store connections
+    with_workers = list(PhaseLoader(f"{remote}/manifest.json", "two", batch_size=4, num_workers=2))
+    assert len(with_workers) == len(from_disk)
+    assert all(torch.equal(mine["input_ids"], theirs["input_ids"]) for mine, theirs in zip(with_workers, from_disk))
 
     # Without verification, the .bin objects are read only where the served sequences lie: one ranged
     # read of seq_len tokens per sequence, far from the shards' whole size.
