@@ -358,7 +358,7 @@ class Pack(Sink):
             for source in sorted(set(sources.tolist())):
                 _pack_tails(source, table.filter(pa.array(sources == source)), p)
         summary = summarise(p.out)
-        summary["tokenizer"] = os.path.abspath(self.config.tokenizer)
+        summary["tokenizer"] = storage.normalise(self.config.tokenizer)
         write_json_atomic(storage.join(p.out, SUMMARY), summary)
         return {"out": p.out, **{f"{s}_sequences": v["sequences"] for s, v in summary["sources"].items()},
                 **{f"{s}_padding_tokens": v["padding_tokens"] for s, v in summary["sources"].items()},

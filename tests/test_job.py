@@ -141,7 +141,7 @@ def test_same_output_on_ray_and_on_a_two_node_cluster(local_job, job_inputs, tmp
         assert "nodes 2" in result.stdout
         assert digest(tmp_path / "cluster") == expected
     finally:
-        ray_instance.init(num_cpus=2, include_dashboard=True, object_store_memory=256 * 1024 * 1024,
+        ray_instance.init(address="local", num_cpus=2, include_dashboard=True, object_store_memory=256 * 1024 * 1024,
                           logging_level="ERROR")
 
 
