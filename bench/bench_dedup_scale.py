@@ -135,7 +135,8 @@ def process_kind(name: str) -> str:
     if not words:
         return "?"
     if "python" in Path(words[0]).name and len(words) > 1:  # a Python service: name it by its script
-        script = next((w for w in words[1:] if w.endswith(".py")), words[1])
+        script = next((w for w in words[1:] if w.endswith(".py")),
+                      next((w for w in words[1:] if not w.startswith("-")), words[0]))
         return Path(script).name
     return Path(words[0]).name
 
@@ -177,7 +178,7 @@ class MemoryWatch(threading.Thread):
                     with open(f"/proc/{pid}/statm") as handle:
                         rss = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
                     with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                        name = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+                        name = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()[:400]
                 except (OSError, IndexError, ValueError):
                     continue  # the process ended meanwhile
                 key = (pid, "driver" if pid == me else name)
