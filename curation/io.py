@@ -14,7 +14,6 @@ import gzip
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -30,6 +29,7 @@ import pyarrow.parquet as pq
 from curation import storage
 from curation.config import InputConfig
 from curation.errors import CurationError
+from curation.shard import Shard  # re-exported: readers and stages name it from here
 from curation.stage import DROP_REASON, ID, TEXT
 
 EMPTY_TEXT_REASON = "empty_text"
@@ -41,16 +41,6 @@ class InputError(CurationError, ValueError):
 
 class OutputError(CurationError, RuntimeError):
     """An output cannot be written (disk full, no permission): the message names the folder."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int  # position in the sorted input list: the corpus order that global stages use
-    path: str
-    name: str  # output file stem, unique within a run
-    format: str
-    size: int
-    source: str | None = None  # from input.sources
 
 
 def _source_of(path: str, config: InputConfig) -> str | None:

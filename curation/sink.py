@@ -28,15 +28,14 @@ the executor tells them apart by class.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 
+from curation.shard import Shard
 from curation.stage import Operator
 from curation.stats import stage_key
 
-if TYPE_CHECKING:  # curation.io imports the config, which checks sinks with this module
-    from curation.io import Shard
 
 
 @dataclasses.dataclass(frozen=True)

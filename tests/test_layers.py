@@ -23,7 +23,7 @@ from conftest import REPO
 PACKAGES = {"curation": REPO / "curation", "curation.stages": REPO / "stages", "curation.tokenizer": REPO / "tokenizer"}
 ENGINE = {"curation", "curation.errors", "curation.config", "curation.option_types", "curation.stage",
           "curation.io", "curation.storage", "curation.output_folder", "curation.output_schema", "curation.pipeline",
-          "curation.executor", "curation.stats", "curation.sink"}
+          "curation.executor", "curation.stats", "curation.sink", "curation.shard"}
 TRAINER = {"curation.manifest", "curation.loader"}
 APP = {"curation.cli", "curation.job", "curation.job_config", "curation.report"}
 TRAINER_MAY_USE = {"curation.errors", "curation.storage", "curation.tokenizer.shards", "curation.tokenizer"} | TRAINER
