@@ -3,7 +3,6 @@ applying them to a shard (drop the duplicates, add `duplicate_of` and `dup_clust
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -37,14 +36,14 @@ def partition_keys(args: tuple[str, str, int, str]) -> int:
     keys_path, parts_dir, partitions, column = args
     table = pq.read_table(storage.parquet_source(keys_path))  # a path, or a URI under an s3:// output
     part = partition_of(table.column(column).combine_chunks(), partitions) if table.num_rows else np.zeros(0, np.int32)
-    write_partitions(table, part, parts_dir, os.path.basename(keys_path), partitions)
+    write_partitions(table, part, parts_dir, storage.basename(keys_path), partitions)
     return table.num_rows
 
 
 def write_partitions(table: pa.Table, part: np.ndarray, parts_dir: str, name: str, partitions: int) -> None:
     """Write the rows of each partition to parts_dir/pNNNN/name (an empty file where none fall)."""
     for p in range(partitions):
-        writer = AtomicParquetWriter(os.path.join(parts_dir, f"p{p:04d}", name), schema=table.schema)
+        writer = AtomicParquetWriter(storage.join(parts_dir, f"p{p:04d}", name), schema=table.schema)
         writer.write(table.filter(pa.array(part == p)))
         writer.commit()
 
@@ -67,8 +66,8 @@ class AppliesDecisions:
         # Files that hold many shards (exact_dedup: one per partition, filtered here) and a folder per
         # shard (minhash_dedup: decisions/sNNNNNN/, one file per shard of cluster roots); listed through
         # the storage layer, so the work folder may be in a bucket.
-        files = storage.parquet_files(os.path.join(work_dir, "decisions"))
-        files += storage.parquet_files(os.path.join(work_dir, "decisions", f"s{shard_index:06d}"))
+        files = storage.parquet_files(storage.join(work_dir, "decisions"))
+        files += storage.parquet_files(storage.join(work_dir, "decisions", f"s{shard_index:06d}"))
         table = storage.dataset(files, format="parquet", schema=DECISION_SCHEMA).to_table(
             filter=ds.field("shard") == shard_index)
         self._decisions = table.sort_by("row")
