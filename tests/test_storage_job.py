@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
 
 import pyarrow.fs as pafs
 import pytest
@@ -20,40 +18,20 @@ from curation import storage
 from curation.executor import RunOptions
 from curation.job import load_job, run_job
 from curation.loader import PhaseLoader
+from test_storage import s3_server  # noqa: F401 (the fixture: one S3 server set-up for both files)
 
-STORE_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                   "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 # a few hundred real documents in four sources, two languages and code
 SOURCES = {"prose": ("en_gum_docs", 80), "news": ("zh_msra_news", 200), "code": ("code_humanevalx_linux", 60),
            "web": ("web_commoncrawl_samples", 150)}
 
 
 @pytest.fixture(scope="module")
-def bucket():
-    """A real S3 endpoint on 127.0.0.1 with one bucket, and the store's usual environment pointing at it
-    for the module (restored afterwards; the server stopped)."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    saved = {k: os.environ.get(k) for k in STORE_VARIABLES}
-    for key in STORE_VARIABLES:
-        os.environ.pop(key, None)
-    os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="test-key-id",
-                      AWS_SECRET_ACCESS_KEY="test-secret-never-printed", AWS_DEFAULT_REGION="us-east-1")
-    try:
-        admin = pafs.S3FileSystem(endpoint_override=f"http://{host}:{port}", scheme="http", allow_bucket_creation=True)
-        admin.create_dir("job")
-        yield "s3://job"
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def bucket(s3_server):
+    """A bucket on the real S3 endpoint of tests/test_storage.py's `s3_server` (moto on 127.0.0.1, the
+    store's usual environment pointing at it for the module)."""
+    admin = pafs.S3FileSystem(endpoint_override=s3_server, scheme="http", allow_bucket_creation=True)
+    admin.create_dir("job")
+    return "s3://job"
 
 
 def job_yaml(folder, input_base: str, out: str) -> str:
