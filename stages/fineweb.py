@@ -17,6 +17,8 @@ Deliberate differences from the reference, each kept for a stated reason:
   one regular expression (`TREEBANK_TOKEN`), since NLTK's models cannot be downloaded by a worker; CJK
   documents count characters as words (`text_rules.words`).
 - An empty document (no non-blank line) is dropped as `fineweb:empty` (the reference divides by zero).
+
+Our extension, off by default: `reference_page_copies` (as gopher_repetition's).
 """
 
 from __future__ import annotations
@@ -46,11 +48,32 @@ class FineWeb(RuleStage):
         char_duplicates_ratio: float | None = 0.01
         new_line_ratio: float | None = 0.3
         terminal_punctuation: tuple[str, ...] = tr.TERMINAL_PUNCTUATION
+        # Our extension (1: the reference): on a reference page (text_rules.reference_pages), how many copies
+        # of a line are not duplicated characters, as gopher_repetition's option of the same name. A reference
+        # page states each member's description twice (summary, details), and the reference's 1% of the
+        # characters in duplicated lines drops it for that alone: with 2, 3 of the tuning half's reference
+        # pages of bench/bench_filter_chain.py that gopher_repetition's option lets through stay, every junk
+        # kind is dropped as before. fineweb runs after c4, which removes the signature lines a reference
+        # page is recognised by, so a page an earlier stage recognised is read from the `reference_page`
+        # column (rule_stage.REFERENCE_PAGE); it is recognised from this stage's text only where none did.
+        reference_page_copies: int = 1
+
+        def __post_init__(self) -> None:
+            if self.reference_page_copies < 1:
+                raise ValueError(f"reference_page_copies must be 1 or more, not {self.reference_page_copies}")
+
+    def reads_reference_pages(self) -> bool:
+        return self.config.reference_page_copies != 1
 
     def check(self, batch: pa.RecordBatch, selected: tr.Selected) -> pa.RecordBatch:
         c = self.config
         rows, text, cjk = selected.rows, selected.text, selected.cjk
-        counts = tr.fineweb_counts(text, cjk, c.terminal_punctuation, c.short_line_length, c.short_line_length_cjk)
+        copies = None
+        if c.reference_page_copies != 1:
+            batch, pages = self.reference_pages(batch, selected)
+            copies = np.where(pages, c.reference_page_copies, 1)
+        counts = tr.fineweb_counts(text, cjk, c.terminal_punctuation, c.short_line_length, c.short_line_length_cjk,
+                                   copies=copies)
         newlines = counts.newlines
         # The reference divides by the characters other than newlines (len(text.replace("\n", ""))).
         n_chars = np.maximum(counts.chars - newlines, 1)

@@ -40,13 +40,19 @@ class GopherRepetition(RuleStage):
         # repetition. A reference page states each member twice, in its summary table and in its details
         # (a Javadoc page repeats every description: 18% and 45% of the characters of two such pages of the
         # tuning half of bench/bench_filter_chain.py are in repeated 5-grams), so 2 counts a repetition
-        # from its third copy there. Other pages are measured as the paper says.
+        # from its third copy there. Other pages are measured as the paper says. The pages recognised are
+        # recorded in the `reference_page` column for the stages after it (rule_stage.REFERENCE_PAGE).
         reference_page_copies: int = 1
 
         def __post_init__(self) -> None:
             # YAML gives lists; keep the config hashable and comparable.
             object.__setattr__(self, "top_n_grams", tuple(tuple(x) for x in self.top_n_grams))
             object.__setattr__(self, "dup_n_grams", tuple(tuple(x) for x in self.dup_n_grams))
+            if self.reference_page_copies < 1:
+                raise ValueError(f"reference_page_copies must be 1 or more, not {self.reference_page_copies}")
+
+    def reads_reference_pages(self) -> bool:
+        return self.config.reference_page_copies != 1
 
     def check(self, batch: pa.RecordBatch, selected: tr.Selected) -> pa.RecordBatch:
         c = self.config
@@ -57,7 +63,8 @@ class GopherRepetition(RuleStage):
         text = tr.without_technical_lines(selected.text) if c.skip_technical_lines else selected.text
         copies = None
         if c.reference_page_copies != 1:
-            copies = np.where(tr.reference_pages(selected.text), c.reference_page_copies, 1)
+            batch, pages = self.reference_pages(batch, selected)
+            copies = np.where(pages, c.reference_page_copies, 1)
         stats = tr.repetition_stats(text, selected.cjk, sizes, c.cjk_chars_per_word, copies=copies)
         n_chars = np.maximum(stats.n_chars, 1)
         never = np.zeros(len(rows), dtype=bool)

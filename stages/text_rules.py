@@ -505,24 +505,39 @@ class FineWebCounts:
 
 
 def fineweb_counts(text: pa.Array, cjk: np.ndarray, terminal_punctuation: tuple[str, ...], short_line_length: int,
-                   short_line_length_cjk: int, native: bool | None = None) -> FineWebCounts:
-    """fineweb's counts of every document; compiled where built, with the same numbers either way."""
+                   short_line_length_cjk: int, native: bool | None = None,
+                   copies: np.ndarray | None = None) -> FineWebCounts:
+    """fineweb's counts of every document; compiled where built, with the same numbers either way. `copies`
+    (per document; None: 1 each, the reference): how many copies of a line are not duplicates; the kernel
+    counts from the second copy, so the duplicate characters of documents allowed more are counted again
+    in numpy (those documents only: the rest of the batch keeps the kernel's numbers)."""
     lib = native_library(native)
     if lib is not None and text.null_count == 0:
-        counts = rules_native.fineweb(lib, text, cjk, unicode_classes(), terminal_punctuation, short_line_length,
-                                      short_line_length_cjk)
-        return FineWebCounts(*counts.T)
+        counts = FineWebCounts(*rules_native.fineweb(lib, text, cjk, unicode_classes(), terminal_punctuation,
+                                                     short_line_length, short_line_length_cjk).T)
+        more = np.flatnonzero(copies != 1) if copies is not None else np.zeros(0, np.int64)
+        if len(more):
+            counts.dup_chars = counts.dup_chars.copy()
+            counts.dup_chars[more] = duplicate_line_chars(pc.take(text, pa.array(more)), copies[more])
+        return counts
     newlines = pc.count_substring(text, "\n").to_numpy(zero_copy_only=False).astype(np.int64)
     chars = pc.utf8_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
     doc_lines = non_blank(lines(text))
     lengths = doc_lines.lengths()
     short_limit = np.where(cjk, short_line_length_cjk, short_line_length)[doc_lines.parent]
-    duplicate = duplicate_elements(doc_lines)
     return FineWebCounts(newlines, chars, doc_lines.counts,
                          doc_lines.per_doc_count(ends_with_any(doc_lines.values, terminal_punctuation)),
                          doc_lines.per_doc_count(lengths <= short_limit),
-                         doc_lines.per_doc_sum(np.where(duplicate, lengths, 0)).astype(np.int64),
+                         duplicate_line_chars(text, copies),
                          np.where(cjk, words(text, cjk).counts, treebank_word_counts(text)))
+
+
+def duplicate_line_chars(text: pa.Array, copies: np.ndarray | None = None) -> np.ndarray:
+    """Per document: the characters of its non-blank lines equal to an earlier line of it (FineWeb's
+    duplicate-line characters), counted from a line's copies[doc] + 1-th occurrence (None: the second)."""
+    doc_lines = non_blank(lines(text))
+    duplicate = duplicate_elements(doc_lines, copies)
+    return doc_lines.per_doc_sum(np.where(duplicate, doc_lines.lengths(), 0)).astype(np.int64)
 
 
 # --- technical lines ------------------------------------------------------------------------------

@@ -33,12 +33,13 @@ FIXTURE = Path(__file__).parent / "fixtures" / "rule_decisions.json"
 CHAIN_FIXTURE = Path(__file__).parent / "fixtures" / "rule_decisions_chain.json"
 STAGES = ["gopher_quality", "gopher_repetition", "c4", "fineweb"]
 # The options of the filter chain (bench/bench_filter_chain.py's `after`, manifests/demo.yaml), each
-# documented in its stage's Config; fineweb has none.
+# documented in its stage's Config.
 CHAIN_OPTIONS = {
     "gopher_quality": {"skip_technical_lines": True},
     "gopher_repetition": {"skip_technical_lines": True, "reference_page_copies": 2},
     "c4": {"curly_bracket_scope": "code_lines", "min_sentences_words": 30, "trim_unterminated_tail": True,
            "extra_policy_phrases": ["©", "all rights reserved"]},
+    "fineweb": {"reference_page_copies": 2},
 }
 FILES = sorted(p.name for p in DATA.glob("*.jsonl.gz"))
 BATCH_ROWS = 4096  # the executor's default batch size; the rules decide per document whatever the batch

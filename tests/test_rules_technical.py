@@ -265,3 +265,84 @@ def test_extra_policy_phrases_run_the_same_with_or_without_the_kernel():
     a, b = line_rules(text, cjk, config, native=None), line_rules(text, cjk, config, native=False)
     assert a.doc_reason.tolist() == b.doc_reason.tolist() and a.text.equals(b.text)
     assert a.lines_removed.get("policy", 0) > line_rules(text, cjk, C4.Config(), native=False).lines_removed.get("policy", 0)
+
+
+# Reference pages of the Common Crawl sample that FineWeb's duplicate-line rule (1% of the characters) drops
+# for their repeated descriptions: the Javadoc-style Firebase page above, a Cast SDK class page ("Value must
+# not be null." under each parameter) and a ROS question that states its question twice (title, last line).
+REFERENCE_PAGES = (JAVADOC_PAGE, "dolma-cc2019-0318", "dolma-cc2019-0252")
+CHAIN_STAGES = ("gopher_repetition", "c4", "fineweb")
+
+
+def run_stages(texts: list[str], stages: list[dict]) -> pa.RecordBatch:
+    batch = pa.RecordBatch.from_pydict({"id": [str(i) for i in range(len(texts))], "text": texts,
+                                        DROP_REASON: pa.nulls(len(texts), pa.string())})
+    for options in stages:
+        stage = build_stage(options)
+        stage.setup()
+        batch = stage(batch)
+    return batch
+
+
+def chain_stages(**fineweb) -> list[dict]:
+    """gopher_repetition and c4 with the chain's options (tests/test_rules_decisions.py), then fineweb."""
+    from test_rules_decisions import CHAIN_OPTIONS
+
+    return [{"name": name, **CHAIN_OPTIONS[name]} for name in CHAIN_STAGES[:2]] + [{"name": "fineweb", **fineweb}]
+
+
+def test_fineweb_reference_page_copies_keeps_reference_pages_after_c4():
+    pages = [by_id("web_commoncrawl_samples.jsonl.gz", doc) for doc in REFERENCE_PAGES]
+    assert tr.reference_pages(pa.array(pages)).all()
+    dropped = run_stages(pages, chain_stages())
+    assert dropped.column(DROP_REASON).to_pylist() == ["fineweb:char_dup_ratio"] * 3  # the reference's rule
+    kept = run_stages(pages, chain_stages(reference_page_copies=2))
+    assert kept.column(DROP_REASON).to_pylist() == [None] * 3
+    # gopher_repetition recognised them on the page as it came and recorded it; c4 then removed the signature
+    # lines, so fineweb would not recognise them from the text it gets
+    assert kept.column("reference_page").to_pylist() == [True] * 3
+    assert not tr.reference_pages(kept.column("text")).any()
+    rewritten = kept.drop_columns(["reference_page"])
+    assert run_stages(rewritten.column("text").to_pylist(), [{"name": "fineweb", "reference_page_copies": 2}]) \
+        .column(DROP_REASON).to_pylist() == ["fineweb:char_dup_ratio"] * 3
+    assert build_stage({"name": "fineweb"}).config.reference_page_copies == 1  # the reference
+    with pytest.raises(ValueError, match="reference_page_copies"):
+        build_stage({"name": "fineweb", "reference_page_copies": 0})
+
+
+def test_fineweb_reference_page_copies_still_drops_repetition():
+    # a third copy of a reference page's line counts again
+    page = by_id("web_commoncrawl_samples.jsonl.gz", "dolma-cc2019-0318")
+    assert page.count("Value must not be null.") == 2
+    thrice = page + "\n\nValue must not be null."
+    assert run_stages([thrice], chain_stages(reference_page_copies=2)).column(DROP_REASON).to_pylist() \
+        == ["fineweb:char_dup_ratio"]
+    # junk is not a reference page, and a page of code is one but goes to c4 first
+    junk = junk_documents(seed=3, per_kind=20)
+    texts = junk["repeated_lines"] + junk["code"]
+    reasons = run_stages(texts, chain_stages(reference_page_copies=2)).column(DROP_REASON).to_pylist()
+    assert None not in reasons
+
+
+def test_fineweb_counts_with_copies_run_the_same_with_or_without_the_kernel():
+    texts = [r["text"] for r in read_jsonl("web_commoncrawl_samples.jsonl.gz", limit=300) if r["text"]]
+    text, cjk = pa.array(texts), tr.cjk_mask(None, len(texts))
+    copies = np.where(tr.reference_pages(text), 2, 1)
+    assert (copies == 2).any()
+    args = (text, cjk, tr.TERMINAL_PUNCTUATION, 30, 10)
+    compiled, numpy_ = tr.fineweb_counts(*args, copies=copies), tr.fineweb_counts(*args, native=False, copies=copies)
+    for field in ("newlines", "chars", "lines", "punct_lines", "short_lines", "dup_chars", "words"):
+        assert np.array_equal(getattr(compiled, field), getattr(numpy_, field)), field
+    default = tr.fineweb_counts(*args)
+    assert np.array_equal(compiled.dup_chars[copies == 1], default.dup_chars[copies == 1])
+    assert (compiled.dup_chars[copies == 2] < default.dup_chars[copies == 2]).any()
+
+
+def test_the_reference_page_column_is_on_every_batch():
+    # a batch with no row to check still gets the column, so that a run's shards share one schema
+    stage = build_stage({"name": "fineweb", "reference_page_copies": 2, "languages": ["zh"]})
+    batch = pa.RecordBatch.from_pydict({"id": ["a"], "text": ["Some text."], "lang": ["en"],
+                                        DROP_REASON: pa.nulls(1, pa.string())})
+    out = stage(batch)
+    assert out.schema.field("reference_page").type == pa.bool_() and out.column("reference_page").null_count == 1
+    assert "reference_page" not in build_stage({"name": "fineweb"})(batch).schema.names
