@@ -7,10 +7,11 @@ page cache, then one phase. Measured, all in one run:
 - `copy_ceiling`: a pinned batch of the loader's shape copied to the GPU over and over (the bus limit).
 - `to_gpu`: tokens per second that arrive in GPU memory from `PhaseLoader` (rank 0 of 1) with 0, 1, 2
   and 4 DataLoader workers, pinned and, for 2 workers, pageable.
-- `overlap`: a synthetic training step (embedding lookup of `input_ids` plus a chain of bf16 matrix
-  products, calibrated to a given time per step) run on batches already on the GPU, then fed by the
-  loader with the next batch's copy issued on a side stream before the current step runs. The ratio of
-  the two step times is what the loader costs the trainer (1.0: nothing).
+- `overlap`: a trainer's loop around a synthetic step (embedding lookup of `input_ids` plus a chain of
+  bf16 matrix products, calibrated to a given time per step, and a `loss.item()` per step): on one batch
+  already on the GPU, then fed by the loader, the next batch fetched while the GPU runs the step and
+  copied on a side stream. Interleaved rounds; the ratio of the two step times is what the loader costs
+  the trainer (1.0: nothing).
 - `ranks8`: eight processes, one per data-parallel rank of 8 (one DataLoader worker each, pinned,
   copying into this one GPU), reading the phase at once: what one 8-GPU host's CPUs give every rank.
 
@@ -92,9 +93,10 @@ def copy_ceiling(device: torch.device, batch_size: int, seconds: float = 2.0) ->
             "tokens_per_s": round(n * batch_size * SEQ_LEN / elapsed)}
 
 
-def loader_to_gpu(manifest: Path, device: torch.device, batch_size: int, workers: int, pin: bool,
+def loader_to_gpu(manifest: Path, device: torch.device | None, batch_size: int, workers: int, pin: bool,
                   max_batches: int) -> dict:
-    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    """Tokens per second that reach GPU memory (`device` None: batches on the host, no copy)."""
+    stream = torch.cuda.Stream(device) if device is not None and device.type == "cuda" else None
     loader = PhaseLoader(manifest, "p1", batch_size=batch_size, num_workers=workers, pin_memory=pin,
                          prefetch_factor=4 if workers else None)
     n = batches = 0
@@ -103,14 +105,14 @@ def loader_to_gpu(manifest: Path, device: torch.device, batch_size: int, workers
         if started is None:  # worker start-up and the first batch apart: the steady rate is what a trainer sees
             started = time.perf_counter()
             continue
-        on_device = to_device(batch, device, stream)
-        n += on_device["input_ids"].numel()
+        n += (to_device(batch, device, stream) if device is not None else batch)["input_ids"].numel()
         batches += 1
         if batches >= max_batches:
             break
-    sync(device)
+    if device is not None:
+        sync(device)
     elapsed = time.perf_counter() - started
-    return {"workers": workers, "pinned": pin, "batches": batches, "tokens_per_s": round(n / elapsed)}
+    return {"workers": workers, "pinned": pin, "copied": device is not None, "batches": batches, "tokens_per_s": round(n / elapsed)}
 
 
 class Step:
@@ -133,57 +135,56 @@ class Step:
         return (x[:, 0] * keep).sum() + batch["position_ids"].sum()
 
 
-def step_seconds(step: Step, batch: dict, device: torch.device, steps: int) -> float:
-    step(batch)
+def calibrated_step(device: torch.device, batch: dict, target_ms: float, width: int) -> Step:
+    probe = Step(device, width, 8)
+    probe(batch)
     sync(device)
     started = time.perf_counter()
-    for _ in range(steps):
-        step(batch)
+    for _ in range(5):
+        probe(batch)
     sync(device)
+    per_product = (time.perf_counter() - started) / 5 / 8
+    return Step(device, width, max(1, round(target_ms / 1000 / per_product)))
+
+
+def train(step: Step, batches, resident: dict | None, device: torch.device, stream, steps: int) -> float:
+    """Seconds per step of a trainer's loop: enqueue the step, fetch the next batch on the CPU while the GPU
+    runs it, issue its copy on the side stream, then wait for the loss (the per-step `loss.item()` of a
+    trainer that logs it). With `resident`, the same loop on one batch already on the GPU and no fetch."""
+    pending = resident if resident is not None else to_device(next(batches), device, stream)
+    started = time.perf_counter()
+    for _ in range(steps):
+        if stream is not None and resident is None:  # compute waits for the copy; the allocator learns the use
+            torch.cuda.current_stream(device).wait_stream(stream)
+            for value in pending.values():
+                if isinstance(value, torch.Tensor):
+                    value.record_stream(torch.cuda.current_stream(device))
+        loss = step(pending)
+        if resident is None:
+            pending = to_device(next(batches), device, stream)
+        loss.item()
     return (time.perf_counter() - started) / steps
 
 
-def calibrated_step(device: torch.device, batch: dict, target_ms: float, width: int) -> tuple[Step, float]:
-    probe = Step(device, width, 8)
-    per_product = step_seconds(probe, batch, device, 5) / 8
-    depth = max(1, round(target_ms / 1000 / per_product))
-    step = Step(device, width, depth)
-    return step, step_seconds(step, batch, device, 10)
-
-
 def overlap(manifest: Path, device: torch.device, batch_size: int, workers: int, target_ms: float, steps: int,
-            width: int) -> dict:
+            width: int, rounds: int = 3) -> dict:
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     loader = PhaseLoader(manifest, "p1", batch_size=batch_size, num_workers=workers,
                          pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     batches = iter(loader)
     resident = to_device(next(batches), device, None)
-    step, alone = calibrated_step(device, resident, target_ms, width)
-    # fed by the loader: the next batch's copy is issued on the side stream before this step's kernels
-    pending = to_device(next(batches), device, stream)
-
-    def one_step() -> None:
-        nonlocal pending
-        if stream is not None:  # the compute waits for the copy; the allocator learns the tensor is used there
-            torch.cuda.current_stream(device).wait_stream(stream)
-            for value in pending.values():
-                if isinstance(value, torch.Tensor):
-                    value.record_stream(torch.cuda.current_stream(device))
-        current, pending = pending, to_device(next(batches), device, stream)
-        step(current)
-
-    for _ in range(3):  # warm
-        one_step()
-    sync(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    sync(device)
-    fed = (time.perf_counter() - started) / steps
+    step = calibrated_step(device, resident, target_ms, width)
+    train(step, batches, None, device, stream, 5)  # warm both loops
+    train(step, batches, resident, device, stream, 5)
+    alone, fed = [], []
+    for _ in range(rounds):  # interleaved, so clock changes fall on both alike
+        alone.append(train(step, batches, resident, device, stream, steps))
+        fed.append(train(step, batches, None, device, stream, steps))
+    alone_s, fed_s = float(np.median(alone)), float(np.median(fed))
     tokens = batch_size * SEQ_LEN
-    return {"workers": workers, "step_ms_resident": round(alone * 1000, 3), "step_ms_fed": round(fed * 1000, 3),
-            "fed_over_resident": round(fed / alone, 4), "tokens_per_s_needed": round(tokens / alone),
-            "depth": step.depth}
+    return {"workers": workers, "step_ms_resident": round(alone_s * 1000, 3), "step_ms_fed": round(fed_s * 1000, 3),
+            "fed_over_resident": round(fed_s / alone_s, 4), "tokens_per_s_needed": round(tokens / alone_s),
+            "depth": step.depth, "rounds": rounds}
 
 
 def _rank(args: tuple) -> None:
@@ -241,7 +242,8 @@ def main() -> None:
         print(json.dumps(results), flush=True)
         results["to_gpu"] = [loader_to_gpu(manifest, device, args.batch_size, w, device.type == "cuda", args.batches)
                              for w in (0, 1, 2, 4)]
-        results["to_gpu"].append(loader_to_gpu(manifest, device, args.batch_size, 2, False, args.batches))
+        results["to_gpu"] += [loader_to_gpu(manifest, device, args.batch_size, w, False, args.batches) for w in (0, 2)]
+        results["to_gpu"] += [loader_to_gpu(manifest, None, args.batch_size, w, False, args.batches) for w in (0, 2)]
         print(json.dumps(results["to_gpu"]), flush=True)
         results["overlap"] = [overlap(manifest, device, args.batch_size, w, ms, args.steps, args.width)
                               for ms in (20.0, 5.0, 2.0) for w in (0, 2)]
