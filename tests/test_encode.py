@@ -246,3 +246,22 @@ def test_encoding_in_pieces_equals_one_call(tokenizer_file, documents, monkeypat
             monkeypatch.setattr(encode_module, "FAST_CHUNK_CHARS", chunk)
             assert first_difference(texts, encoder.encode(texts), whole) is None, (backend, chunk)
         monkeypatch.undo()
+
+
+def test_fastokens_holds_no_hf_tokenizer_and_is_renewed_with_the_same_ids(tokenizer_file, documents, monkeypatch):
+    """With fastokens the HF tokenizer is freed after the parity check (loaded again only when asked
+    for), and the fastokens tokenizer built again every FAST_RENEW_CHARS characters gives the same ids."""
+    from curation.tokenizer import encode as encode_module
+
+    encoder = Encoder(tokenizer_file)
+    assert encoder.backend == "fastokens" and encoder._hf is None
+    texts = [text for _, _, text in documents[::300]]
+    whole = encoder.encode(texts)
+    monkeypatch.setattr(encode_module, "FAST_RENEW_CHARS", 10_000)
+    monkeypatch.setattr(encode_module, "FAST_CHUNK_CHARS", 5_000)
+    first = encoder._fast
+    assert first_difference(texts, encoder.encode(texts), whole) is None
+    assert encoder._fast is not first
+    assert encoder._hf is None  # encoding never needed it
+    assert encoder.decode(whole[0][:whole[1][1]]) == texts[0] and encoder._hf is not None
+    assert Encoder(tokenizer_file, backend="tokenizers")._hf is not None

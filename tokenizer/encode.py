@@ -20,6 +20,13 @@ many characters per CPU-second as `tokenizers`' encode_batch, 0.94x raw `encode_
 an Encoder costs about 1.6 CPU-seconds (loading both tokenizers, 1.4 s, and the parity check)
 (bench/bench_tokenizer.py `encode`, bench/results/tokenizer_encode.json).
 
+Memory: with fastokens, the HF tokenizer is freed after the parity check (`tokenizer` loads it again
+for `decode`), the pages freed by parsing the file are given back (`release_freed_memory`), and the
+fastokens tokenizer is built again every FAST_RENEW_CHARS characters, as its word cache has no bound.
+Building an Encoder of a 65,536-id file adds 78 MB of private memory to a process (124 MB when both
+tokenizers were held; 63 MB for HF tokenizers alone); encoding then adds fastokens' cache, about 3.3
+bytes a character of new text up to the renewal (bench/README.md, the Ray run's memory).
+
 Threads: `tokenizers` and fastokens' batch parallelism follow RAYON_NUM_THREADS (the Ray executor gives
 each stage actor one thread); fastokens' pool for the pieces of one long text reads its own
 FASTOKENS_BPE_THREADS, which is set to RAYON_NUM_THREADS where that is set and it is not.
@@ -27,6 +34,7 @@ FASTOKENS_BPE_THREADS, which is set to RAYON_NUM_THREADS where that is set and i
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import itertools
 import logging
@@ -55,6 +63,12 @@ UINT16_LIMIT = 1 << 16
 # no better), and the same within the noise with 65,536 ids (bench/results/tokenizer_encode.json).
 ENCODE_CHUNK_CHARS = 64_000
 FAST_CHUNK_CHARS = 1 << 20
+# fastokens (0.3.5) caches the ids of every distinct pre-token it has encoded, without bound (HF
+# tokenizers keeps 10,000 words): 113 MB after the 34.5 M characters of the shared text, 3.3 bytes a
+# character of new text, and on a corpus it grows until the worker is killed. The tokenizer is built
+# again after this many characters (0.8 CPU-seconds), which bounds the cache near 0.2 GB on text like
+# the shared data.
+FAST_RENEW_CHARS = 1 << 26
 
 
 class EncodeError(CurationError, ValueError):
@@ -75,14 +89,12 @@ class Encoder:
         raw = storage.read_bytes(path)
         try:
             self._json = raw.decode("utf-8")
-            self.tokenizer = Tokenizer.from_str(self._json)
-        except Exception as exc:  # tokenizers raises a bare Exception on a bad file
+        except UnicodeDecodeError as exc:
             raise EncodeError(f"{path} is not a tokenizer.json that HF tokenizers can load: {exc}") from None
-        # split special tokens: their text in a document is text (tokenizers >= 0.15 has the switch)
-        self.tokenizer.encode_special_tokens = True
         self.path = path
+        self._hf: Tokenizer | None = self._load_hf()
         self.sha256 = hashlib.sha256(raw).hexdigest()
-        self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
         fits = self.vocab_size <= UINT16_LIMIT
         if dtype == "uint16" and not fits:
             raise EncodeError(f"{path}: vocabulary of {self.vocab_size:,} ids does not fit uint16 (at most 65,536): "
@@ -90,14 +102,14 @@ class Encoder:
         self.dtype = np.dtype(np.uint16 if dtype == "uint16" or (dtype == "auto" and fits) else np.uint32)
         self.sep_id = self._special(separator, "separator")
         self.pad_id = self._special(pad, "padding")
-        added = self.tokenizer.get_added_tokens_decoder()
+        added = self._hf.get_added_tokens_decoder()
         self.special_tokens = {t.content: int(i) for i, t in added.items() if t.special}
         self.control_ids = np.array(sorted({*self.special_tokens.values(), self.sep_id, self.pad_id}), np.int64)
-        largest = max(self.tokenizer.get_vocab(with_added_tokens=True).values(), default=0)
+        largest = max(self._hf.get_vocab(with_added_tokens=True).values(), default=0)
         self._is_control = np.zeros(max(largest, self.vocab_size) + 1, bool)
         self._is_control[self.control_ids] = True
-        self._hf_encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         self._fast = None
+        self._fast_chars = 0  # characters the current fastokens tokenizer has encoded (FAST_RENEW_CHARS)
         self.fallback_reason: str | None = None
         if backend == "auto":
             specials = sorted({*(t.content for t in added.values()), separator, pad})
@@ -107,6 +119,24 @@ class Encoder:
         else:
             self.fallback_reason = "HF tokenizers asked for (backend='tokenizers')"
         self.backend = "fastokens" if self._fast is not None else "tokenizers"
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The file as HF `tokenizers` loads it (special tokens split): the encoder of the `tokenizers`
+        backend, and what `decode` uses. With fastokens it is freed once the parity check is done and
+        loaded again on first use here: a worker that only encodes holds one tokenizer, not two."""
+        if self._hf is None:
+            self._hf = self._load_hf()
+        return self._hf
+
+    def _load_hf(self) -> Tokenizer:
+        try:
+            tokenizer = Tokenizer.from_str(self._json)
+        except Exception as exc:  # tokenizers raises a bare Exception on a bad file
+            raise EncodeError(f"{self.path} is not a tokenizer.json that HF tokenizers can load: {exc}") from None
+        # split special tokens: their text in a document is text (tokenizers >= 0.15 has the switch)
+        tokenizer.encode_special_tokens = True
+        return tokenizer
 
     def _special(self, token: str, role: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -119,7 +149,8 @@ class Encoder:
 
     def _load_fastokens(self, specials: list[str]):
         """(fastokens tokenizer, None) when it loads this file and gives tokenizers' ids on the parity
-        sample (with the added and special tokens' text), else (None, why not)."""
+        sample (with the added and special tokens' text), else (None, why not). When fastokens passes,
+        the HF tokenizer is freed (`tokenizer` loads it again if asked)."""
         try:
             import fastokens  # a young dependency: a failed import falls back to HF tokenizers
         except ImportError as exc:
@@ -127,6 +158,14 @@ class Encoder:
         if "RAYON_NUM_THREADS" in os.environ:
             # read once per process, at fastokens' first encode: an actor's one thread holds for it too
             os.environ.setdefault("FASTOKENS_BPE_THREADS", os.environ["RAYON_NUM_THREADS"])
+        texts = parity_sample.documents(specials)
+        # tokenizers' ids first, then it is freed before fastokens is built: the two are never held
+        # together (for a 65,536-id file tokenizers holds about 25 MB, fastokens 50 MB, and each
+        # parses the file through about 35 MB more)
+        theirs = self._hf_chunk(texts)
+        hf, self._hf = self._hf, None
+        del hf
+        release_freed_memory()
         try:
             # the bytes already read and hashed, as tokenizers got them (not from_file: what it may
             # read beside the file, such as the tokenizer_config.json written for transformers, is
@@ -134,19 +173,30 @@ class Encoder:
             fast = fastokens.Tokenizer.from_json_str(self._json)
         except Exception as exc:  # an unsupported model, normalizer, pre-tokenizer or regex
             return None, f"fastokens cannot load {storage.basename(self.path)}: {type(exc).__name__}: {exc}"
+        finally:
+            release_freed_memory()
         try:
             size = fast.vocab_size
             if size != self.vocab_size:
                 return None, f"fastokens counts {size} ids in the vocabulary, tokenizers {self.vocab_size}"
-            texts = parity_sample.documents(specials)
             ours = self._fast_chunk(fast, texts)
         except Exception as exc:
             return None, f"fastokens failed on the parity sample: {type(exc).__name__}: {exc}"
-        theirs = self._hf_chunk(texts)
         why = first_difference(texts, ours, theirs)
         if why:
             return None, f"fastokens and tokenizers give different ids on the parity sample: {why}"
         return fast, None
+
+    def _renew_fastokens(self) -> None:
+        """A fresh fastokens tokenizer from the same bytes, dropping the one whose word cache grew
+        (FAST_RENEW_CHARS). Same file, same library: the parity check holds for it."""
+        import fastokens
+
+        self._fast = None
+        release_freed_memory()
+        self._fast = fastokens.Tokenizer.from_json_str(self._json)
+        self._fast_chars = 0
+        release_freed_memory()
 
     @staticmethod
     def _fast_chunk(fast, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +204,8 @@ class Encoder:
         return np.frombuffer(ids, np.dtype("<u4")), np.frombuffer(offsets, np.dtype("<u8")).astype(np.int64)
 
     def _hf_chunk(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        encodings = self._hf_encode(texts, add_special_tokens=False)
+        tokenizer = self.tokenizer
+        encodings = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)(texts, add_special_tokens=False)
         lengths = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(encodings))
         offsets = np.zeros(len(texts) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -180,7 +231,13 @@ class Encoder:
                 chars += len(texts[stop])
                 stop += 1
             chunk = texts[start:stop]
-            values, offsets = self._fast_chunk(self._fast, chunk) if self._fast is not None else self._hf_chunk(chunk)
+            if self._fast is not None:
+                if self._fast_chars > FAST_RENEW_CHARS:
+                    self._renew_fastokens()
+                self._fast_chars += chars
+                values, offsets = self._fast_chunk(self._fast, chunk)
+            else:
+                values, offsets = self._hf_chunk(chunk)
             self._check_no_control(values, offsets, start)
             value_parts.append(values.astype(self.dtype))
             lengths_parts.append(np.diff(offsets))
@@ -203,6 +260,19 @@ class Encoder:
 
     def decode(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's `malloc_trim`; nothing elsewhere).
+
+    Loading a tokenizer.json parses it into a tree that is freed right after (about 35 MB for 65,536
+    ids, in tokenizers and in fastokens alike); glibc keeps those pages in the process, where numpy's
+    and Arrow's large buffers (their own mappings and pools) never reuse them, so every worker held them
+    for its whole life."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def first_difference(texts: list[str], ours: tuple[np.ndarray, np.ndarray],
