@@ -77,3 +77,15 @@ if [[ "$(cat "$DEST/lib/rules.sha256" 2>/dev/null)" != "$stamp" || ! -f "$DEST/l
   echo "$stamp" >"$DEST/lib/rules.sha256"
   echo "kenlm: rule kernels $DEST/lib/libcuration_rules.so"
 fi
+
+# The MinHash signature kernel (stages/minhash_kernels.cc): only g++, rebuilt when the source changes.
+# Without it minhash_dedup computes the same signatures in numpy (stages/minhash_native.py).
+MINHASH_SOURCE="$(cd "$(dirname "$0")/.." && pwd)/stages/minhash_kernels.cc"
+stamp="$(sha256sum "$MINHASH_SOURCE" | cut -c1-16)"
+if [[ "$(cat "$DEST/lib/minhash.sha256" 2>/dev/null)" != "$stamp" || ! -f "$DEST/lib/libcuration_minhash.so" ]]; then
+  install_packages g++
+  g++ -O3 -DNDEBUG -std=c++17 -shared -fPIC "$MINHASH_SOURCE" -o "$DEST/lib/libcuration_minhash.so.tmp"
+  mv "$DEST/lib/libcuration_minhash.so.tmp" "$DEST/lib/libcuration_minhash.so"
+  echo "$stamp" >"$DEST/lib/minhash.sha256"
+  echo "kenlm: minhash kernel $DEST/lib/libcuration_minhash.so"
+fi

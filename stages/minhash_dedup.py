@@ -52,7 +52,7 @@ from curation.stage import ID, TEXT, AggregateContext, BatchPosition, GlobalStag
 from curation.stages import text_rules as tr
 from curation.stages.components import Steps, read_keyed, write_undirected
 from curation.stages.components import connected_components as distributed_components
-from curation.stages import dedup_index
+from curation.stages import dedup_index, minhash_native
 from curation.stages.dedup_common import DECISION_SCHEMA, AppliesDecisions, read_partition, write_partitions
 
 FNV_OFFSET = np.uint32(0x811C9DC5)
@@ -179,6 +179,8 @@ def signatures(words: tr.Tokens, n: int, a: np.ndarray, b: np.ndarray, chunk: in
     """MinHash signatures (n_docs x num_perm, uint32); documents without words keep the max value."""
     hashes, docs = shingle_hashes(words, n)
     out = np.full((words.n_docs, len(a)), np.iinfo(np.uint32).max, dtype=np.uint32)
+    if minhash_native.signatures_into(out, hashes, docs, a, b):  # the same bytes, compiled (minhash_kernels.cc)
+        return out
     mixed = fmix32(hashes)
     with np.errstate(over="ignore"):
         for start in range(0, len(mixed), chunk):  # bounded memory: chunk x num_perm at a time
