@@ -12,6 +12,8 @@ help pages, how-tos, a programming blog; listed in TECHNICAL by id or URL). The 
 pages; its API reference pages are the closest. Junk: the kinds of tests/junk.py built from the same half's
 prose (menus, keyword lists, tables, fragments, code, repeated lines, all-caps spam, cookie banners, word
 salad) and junk cut from the sample's own pages (`web_junk`: a page's menu/footer lines, legal banners).
+Beside them, not in the floors: `code_block:technical`, the technical pages with a block of real code pasted
+in (`with_code_blocks`), and `short:` kinds (documents under 50 words).
 
     .venv/bin/python bench/bench_filter_chain.py [--tune-only]
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import sys
 import tempfile
 from collections import Counter
@@ -91,12 +94,35 @@ def evaluation_set(which: str) -> tuple[dict[str, list[str]], dict[str, list[str
     junk["word_salad"] = word_salad(seed=0 if which == "tune" else 1, prose=prose)
     technical_ids = {r["id"] for r in technical}
     junk.update(web_junk([r for r in web if r["subset"] != "ccnet_head" and r["id"] not in technical_ids]))
+    good["code_block:technical"] = with_code_blocks(good["technical"], which)
     for kind in list(good):
         short = [t for t in good[kind] if len(t.split()) < MIN_WORDS]
         good[kind] = [t for t in good[kind] if len(t.split()) >= MIN_WORDS]
         if short:
             good[f"short:{kind.split(':')[0]}"] = good.get(f"short:{kind.split(':')[0]}", []) + short
     return good, junk
+
+
+def with_code_blocks(pages: list[str], which: str, max_lines: int = 15) -> list[str]:
+    """Each page with a code block after its second paragraph (or line): the first `max_lines` lines of a
+    program of the same half of code_humanevalx_linux (C, C++, Java, JavaScript, Go, Rust; its leading
+    comment left out), as a how-to or a question shows code. Made from real text, as the junk kinds are;
+    the shared data has too few real pages of prose with a code block to measure on (one on the tuning half,
+    in Russian), so the kind is reported beside the others and not in the floors."""
+    rng = random.Random(0 if which == "tune" else 1)
+    blocks = []
+    for r in read_jsonl("code_humanevalx_linux.jsonl.gz"):
+        if r["lang"] in ("c", "cpp", "java", "js", "go", "rust") and half(r["id"]) == which:
+            code = r["text"].strip()
+            if code.startswith("/*") and "*/" in code:
+                code = code[code.index("*/") + 2:].strip()
+            blocks.append("\n".join(code.split("\n")[:max_lines]))
+    made = []
+    for page in pages:
+        parts = page.split("\n\n") if page.count("\n\n") >= 3 else page.split("\n")
+        k = min(2, len(parts) - 1)
+        made.append("\n\n".join(parts[:k] + [rng.choice(blocks)] + parts[k:]))
+    return made
 
 
 def batch_of(texts: list[str]) -> pa.RecordBatch:
@@ -163,8 +189,9 @@ def evaluate(good, junk, settings, models, thresholds=None) -> dict:
         report[side][kind] = row
     for side in ("good", "junk"):
         # the floors are read on documents of at least MIN_WORDS words: shorter ones are reported as
-        # their own kinds (`short:`), since every rule set here drops them by design (Gopher's 50 words)
-        rows = [v for k, v in report[side].items() if not k.startswith("short:")]
+        # their own kinds (`short:`), since every rule set here drops them by design (Gopher's 50 words);
+        # `code_block:` pages are made (with_code_blocks), reported beside the real ones
+        rows = [v for k, v in report[side].items() if not k.startswith(NOT_IN_FLOORS)]
         n = sum(v["docs"] for v in rows)
         total = {"docs": n}
         for column in ["rules", *CHAINS]:
@@ -177,6 +204,7 @@ def evaluate(good, junk, settings, models, thresholds=None) -> dict:
 
 CHAINS = {"rules+kenlm": ("min_lm_score",), "rules+kenlm+classifier": ("min_lm_score", "min_score")}
 MIN_WORDS = 50
+NOT_IN_FLOORS = ("short:", "code_block:")
 LOSS = 0.01  # share of the rules-kept good tuning documents each model may lose (chosen: the junk floor still holds)
 
 
@@ -193,7 +221,7 @@ def choose_thresholds(collected) -> dict:
     """On the tuning half: the lm_score and classifier cut-offs that each lose LOSS (1%) of the good documents
     (of at least MIN_WORDS words) the rules keep, so the models only add what the rules miss."""
     kept = [(s[~d], c[~d]) for (side, kind), (d, s, c, _) in collected.items()
-            if side == "good" and not kind.startswith("short:")]
+            if side == "good" and not kind.startswith(NOT_IN_FLOORS)]
     lm = np.concatenate([s for s, _ in kept])
     clf = np.concatenate([c for _, c in kept])
     return {"min_lm_score": round(float(np.nanquantile(lm, LOSS)), 3),

@@ -4,7 +4,7 @@ Line rules remove lines and rewrite `text`: a word over `max_word_length` charac
 punctuation (or ending in an ellipsis), fewer than `min_words_per_line` words, "javascript", cookie and
 terms-of-use phrases (and `extra_policy_phrases`, our extension); Wikipedia citation marks are cut out.
 Document rules drop: "lorem ipsum", a curly bracket, fewer than `min_sentences` sentences in the kept lines. CJK lines count characters as words
-and end with CJK sentence punctuation.
+and end with CJK sentence punctuation. Our extensions, each off by default, are documented in Config.
 """
 
 from __future__ import annotations
@@ -31,11 +31,16 @@ CJK_TRAILING_FRAGMENT = r"([。！？][”」』）]*)[^。！？]+$"
 LATIN_TRAILING_FRAGMENT = r"((?:\pL\pL|[^\pL\s])[.!?]+['\"”’)\]]*)\s(?:[^.!?]|[.!?]+[^.!?\s])*$"
 LINE_REASONS = ("too_long_word", "no_terminal_punct", "too_few_words", "javascript", "policy")  # tr_c4's codes 1-5
 DOC_REASONS = ("c4:lorem_ipsum", "c4:curly_bracket", "c4:min_sentences")  # tr_c4's codes 1-3
-CURLY_SCOPES = ("page", "kept_lines", "code_lines")
+CURLY_SCOPES = ("page", "kept_lines", "code_lines", "code_pages")
 # A line that looks like code: it starts or ends with a curly bracket, or holds one and ends with `;` or `,`
 # (a block opened or closed, a statement or initialiser), as C, Java, JavaScript, CSS and JSON lines do
 # and a sentence that mentions `{name}` or `{"1", "2"}` in passing does not.
 CODE_LINE = r"^[{}]|[{}]$|[{}].*[;,]$"
+# A page of prose with code blocks (curly_bracket_scope: code_pages) holds at least this share of its words
+# in prose lines (see prose_with_code_blocks): a share, not a majority, since reference pages and how-tos hold
+# headings, signatures, file trees and menus besides their prose (33-99% of the words of the tuning half's
+# technical pages are in prose lines).
+PROSE_SHARE = 0.3
 
 
 @register_stage("c4")
@@ -59,7 +64,10 @@ class C4(RuleStage):
         filter_curly_bracket: bool = True
         # "page" (the paper), "kept_lines" (the reference code) or "code_lines": only lines that look like
         # code (CODE_LINE) count, so technical prose that names `{placeholder}` or `{"1", "2"}` in a sentence
-        # stays while a page holding a code block still goes (bench/results/filter_chain.json).
+        # stays while a page holding a code block still goes (bench/results/filter_chain.json). "code_pages"
+        # (our extension): as code_lines, but a page of prose with code blocks (`prose_with_code_blocks`: most
+        # of its words in prose lines, and prose after its last code line) stays; the line rules remove the
+        # block's unpunctuated lines as they remove any such line.
         curly_bracket_scope: str = "page"
         min_sentences: int | None = 5
         # None (the paper): fewer than `min_sentences` sentences drops the page. A number: a page whose kept
@@ -119,9 +127,9 @@ def line_rules(text: pa.Array, cjk: np.ndarray, c: C4.Config, native: bool | Non
     lib = tr.native_library(native)
     policy = POLICY_PHRASES + c.extra_policy_phrases if c.filter_policy else ()
     ascii_ = all(p.isascii() for p in (LOREM_IPSUM, JAVASCRIPT) + policy + tr.TITLES + tr.ABBREVIATIONS)
-    # The kernel implements the paper's and the reference's rules; code_lines and min_sentences_words run in
-    # numpy (TODO: in tr_c4, for speed).
-    if lib is not None and text.null_count == 0 and ascii_ and c.curly_bracket_scope != "code_lines" \
+    # The kernel implements the paper's and the reference's rules; code_lines, code_pages and
+    # min_sentences_words run in numpy (TODO: in tr_c4, for speed).
+    if lib is not None and text.null_count == 0 and ascii_ and c.curly_bracket_scope in ("page", "kept_lines") \
             and c.min_sentences_words is None and not c.trim_unterminated_tail:
         def flag(value) -> int:
             return -1 if value is None else int(value)
@@ -192,10 +200,11 @@ def _line_rules_numpy(text: pa.Array, cjk: np.ndarray, c: C4.Config) -> LineRule
         hit = tr.to_numpy_bool(pc.match_substring(line, "{"))
         if c.curly_bracket_scope == "kept_lines":
             hit &= removed == None  # noqa: E711
-        elif c.curly_bracket_scope == "code_lines":
+        elif c.curly_bracket_scope in ("code_lines", "code_pages"):
             hit = tr.to_numpy_bool(pc.match_substring_regex(line, CODE_LINE))
-        curly_docs = np.unique(doc_lines.parent[hit])
-        doc_reason[curly_docs[doc_reason[curly_docs] == None]] = DOC_REASONS[1]  # noqa: E711
+        if c.curly_bracket_scope != "code_pages":  # code_pages decides once the line rules have run (below)
+            curly_docs = np.unique(doc_lines.parent[hit])
+            doc_reason[curly_docs[doc_reason[curly_docs] == None]] = DOC_REASONS[1]  # noqa: E711
     if c.filter_policy:
         policy = np.zeros(n_lines, dtype=bool)
         for phrase in POLICY_PHRASES + c.extra_policy_phrases:
@@ -203,6 +212,12 @@ def _line_rules_numpy(text: pa.Array, cjk: np.ndarray, c: C4.Config) -> LineRule
         remove("policy", policy)
 
     keep = removed == None  # noqa: E711
+    if c.filter_curly_bracket and c.curly_bracket_scope == "code_pages":
+        prose = keep & ~tr.to_numpy_bool(pc.match_substring_regex(line, "[{}]")) & ~tr.technical_lines(line) \
+            & ~tr.to_numpy_bool(pc.match_substring_regex(doc_lines.values, r"^\s"))
+        code = doc_lines.per_doc_count(hit) > 0
+        code &= ~prose_with_code_blocks(doc_lines, hit, prose, n_words, line_words.counts)
+        doc_reason[code & (doc_reason == None)] = DOC_REASONS[1]  # noqa: E711
     # The reference counts sentences with punkt, which knows abbreviations and initials; so do these
     # rules (text_rules.sentence_counts), where a plain "period then space" counted "H. M." as two.
     sentences = tr.sentence_counts(line)
@@ -225,3 +240,25 @@ def _line_rules_numpy(text: pa.Array, cjk: np.ndarray, c: C4.Config) -> LineRule
     lines_removed = {str(reason): int(count)
                      for reason, count in zip(*np.unique(removed[stays_lines & ~keep].astype(str), return_counts=True))}
     return LineRules(new_text, doc_reason, lines_removed)
+
+
+def prose_with_code_blocks(doc_lines: tr.Tokens, code: np.ndarray, prose: np.ndarray, prose_words: np.ndarray,
+                           words: np.ndarray) -> np.ndarray:
+    """Per document: True for a page of prose with code blocks (a how-to or a question that shows code), not
+    a page of code. Per line: `code` (CODE_LINE), `prose` (kept by the line rules, at the margin, with no
+    curly bracket and no technical line: text_rules.technical_lines), the words the line rules leave it
+    (`prose_words`) and its `words`. Such a page holds at least PROSE_SHARE of its words in prose lines,
+    and prose after its last code line: the page goes on after its code. A source file fails one or the
+    other: the prose of its comments and docstrings is indented or held by code (HumanEval-X, Linux), and
+    where it is not (a C header comment), the code follows it to the end. Designed on the tuning half of
+    bench/bench_filter_chain.py: none of its 788 programs and Linux chunks with a code line has prose after
+    it (their prose lines hold 0-51% of their words, the technical pages' 33-99%); a Russian article on C with
+    seven listings, each followed by its caption and prose, passes, and so do 15 of its 19 technical pages
+    with a 15-line block of code pasted in (the bench's `code_block:` kind; 2 under code_lines)."""
+    n = doc_lines.n_docs
+    index = np.arange(len(code))
+    last_code = np.full(n, -1, dtype=np.int64)
+    np.maximum.at(last_code, doc_lines.parent[code], index[code])
+    after = doc_lines.per_doc_count(prose & (index > last_code[doc_lines.parent])) > 0
+    share = tr.safe_ratio(doc_lines.per_doc_sum(np.where(prose, prose_words, 0)), doc_lines.per_doc_sum(words))
+    return after & (share >= PROSE_SHARE)

@@ -37,7 +37,7 @@ STAGES = ["gopher_quality", "gopher_repetition", "c4", "fineweb"]
 CHAIN_OPTIONS = {
     "gopher_quality": {"skip_technical_lines": True},
     "gopher_repetition": {"skip_technical_lines": True, "reference_page_copies": 2},
-    "c4": {"curly_bracket_scope": "code_lines", "min_sentences_words": 30, "trim_unterminated_tail": True,
+    "c4": {"curly_bracket_scope": "code_pages", "min_sentences_words": 30, "trim_unterminated_tail": True,
            "extra_policy_phrases": ["©", "all rights reserved"]},
     "fineweb": {"reference_page_copies": 2},
 }

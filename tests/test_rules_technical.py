@@ -4,6 +4,8 @@ measures them on a held-out half)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -78,8 +80,8 @@ def test_min_sentences_words_still_drops_fragments_and_menus():
     assert reasons.count("c4:min_sentences") == len(texts)
 
 
-@pytest.mark.parametrize("options", [{"curly_bracket_scope": "code_lines"}, {"min_sentences_words": 30},
-                                     {"trim_unterminated_tail": True}])
+@pytest.mark.parametrize("options", [{"curly_bracket_scope": "code_lines"}, {"curly_bracket_scope": "code_pages"},
+                                     {"min_sentences_words": 30}, {"trim_unterminated_tail": True}])
 def test_new_options_run_the_same_with_or_without_the_kernel(options):
     texts = [r["text"] for name in ("en_ud_ewt_web_docs.jsonl.gz", "web_commoncrawl_samples.jsonl.gz")
              for r in read_jsonl(name, limit=300) if r["text"]]
@@ -346,3 +348,42 @@ def test_the_reference_page_column_is_on_every_batch():
     out = stage(batch)
     assert out.schema.field("reference_page").type == pa.bool_() and out.column("reference_page").null_count == 1
     assert "reference_page" not in build_stage({"name": "fineweb"})(batch).schema.names
+
+
+# A Russian article on C (Common Crawl sample, tuning half of bench/bench_filter_chain.py): seven code listings,
+# each followed by its caption and the article's prose.
+C_TRICKS = "dolma-cc2019-0464"
+
+
+def page_with_code_block() -> str:
+    """The Apps Script help page (real) with a HumanEval-X C++ program (real) pasted after its second paragraph."""
+    page = by_id("web_commoncrawl_samples.jsonl.gz", "dolma-cc2019-0319").split("\n\n")
+    code = next(r["text"] for r in read_jsonl("code_humanevalx_linux.jsonl.gz") if r["id"] == "humanevalx-CPP-20")
+    return "\n\n".join(page[:2] + [code] + page[2:])
+
+
+def test_code_pages_scope_keeps_prose_with_code_blocks():
+    pages = [by_id("web_commoncrawl_samples.jsonl.gz", C_TRICKS), page_with_code_block()]
+    assert c4_reasons(pages, curly_bracket_scope="code_lines") == ["c4:curly_bracket"] * 2
+    assert c4_reasons(pages, curly_bracket_scope="code_pages") == [None, None]
+    # the line rules still remove the block's lines: what stays is the prose
+    kept = c4_text(pages[1:], curly_bracket_scope="code_pages")[0]
+    assert "#include" not in kept and "{" not in kept and kept.endswith(page_with_code_block().rstrip()[-40:])
+
+
+def test_code_pages_scope_still_drops_code():
+    # Every program of HumanEval-X and every Linux chunk that holds a code line: a source file's prose is in
+    # comments and docstrings, indented or followed by code to its end.
+    from curation.stages.c4 import CODE_LINE
+
+    code = [r["text"] for r in read_jsonl("code_humanevalx_linux.jsonl.gz")
+            if any(re.search(CODE_LINE, line.strip()) for line in r["text"].split("\n"))]
+    assert len(code) > 1000
+    assert c4_reasons(code, curly_bracket_scope="code_pages").count("c4:curly_bracket") == len(code)
+    # a JSON-LD export and a page of LaTeX blocks (Common Crawl sample): code lines and little prose after
+    json_ld, latex = (by_id("web_commoncrawl_samples.jsonl.gz", doc) for doc in ("dolma-cc2019-0693", "dolma-cc2019-0150"))
+    assert c4_reasons([json_ld, latex], curly_bracket_scope="code_pages") == ["c4:curly_bracket"] * 2
+    # a page that ends in its code block: nothing of the page follows the code
+    page = by_id("web_commoncrawl_samples.jsonl.gz", "dolma-cc2019-0319") + "\n\n" + code[0]
+    assert c4_reasons([page], curly_bracket_scope="code_pages") == ["c4:curly_bracket"]
+
