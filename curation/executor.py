@@ -81,12 +81,14 @@ class LocalBackend:
             for shard in shards:
                 if stop():
                     return
-                yield shard, processor.process(shard)
+                with storage.grouped_flush():  # the shard's outputs flushed together (curation.storage)
+                    result = processor.process(shard)
+                yield shard, result
         finally:
             processor.on_progress = None
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
-        return [fn(item) for item in items]
+        return [_grouped(fn)(item) for item in items]
 
     @property
     def retries(self) -> int:
@@ -361,13 +363,23 @@ def _release_memory() -> None:
 
 
 def _releasing(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn`, releasing its memory when it ends."""
+    """`fn`, its outputs flushed together, releasing its memory when it ends."""
     @functools.wraps(fn)
     def run(item: Any) -> Any:
         try:
-            return fn(item)
+            return _grouped(fn)(item)
         finally:
             _release_memory()
+
+    return run
+
+
+def _grouped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` as one task: the data files it commits are flushed to disk together (storage.grouped_flush)."""
+    @functools.wraps(fn)
+    def run(item: Any) -> Any:
+        with storage.grouped_flush():
+            return fn(item)
 
     return run
 
@@ -398,7 +410,8 @@ class StageWorker:
 
     def process(self, shard: Shard) -> dict[str, Any]:
         assert self.processor is not None, "load() first"
-        return self.processor.process(shard)
+        with storage.grouped_flush():  # the shard's outputs flushed together (curation.storage)
+            return self.processor.process(shard)
 
     def progress(self) -> tuple[str, int] | None:
         return self.processor.progress() if self.processor is not None else None

@@ -472,7 +472,7 @@ class AtomicParquetWriter:
 
     def __init__(self, path: str | Path, compression: str = "zstd", schema: pa.Schema | None = None) -> None:
         self.path = path if storage.is_uri(path) else Path(path)
-        self._pending = storage.Pending(path)
+        self._pending = storage.Pending(path, deferrable=True)  # data: flushed with its task (storage.grouped_flush)
         self.tmp_path = self._pending.local_path
         self.compression = compression
         self.schema = schema

@@ -16,6 +16,14 @@ not read them itself, so they are passed as `endpoint_override`: MinIO, Ceph, R2
 
 - Local disk: bytes go to a temporary file beside the target (`.NAME.tmp-<12 hex>`), fsync, then
   `os.replace` onto the final name. A crash leaves only the temporary file, which a rerun removes.
+  Inside a task (`grouped_flush`, which the executor puts around every shard and aggregate task), data
+  files (`Pending(..., deferrable=True)`: Parquet outputs and spills, token shards) skip their own fsync:
+  their names are recorded, and one `syncfs` of their file system makes them all durable before the next
+  marker or index is published (`publish` is a barrier) and before the task reports success. So a
+  marker on disk still vouches only for bytes on disk, at one flush per task instead of one per file
+  (bench_peer's local run committed 1,178 files, 1,117 of them spills, and their fsyncs took 4.3 s of
+  its 60 s on this machine). A killed process loses nothing either way (the page cache survives it);
+  the flush is for a machine that loses power.
 - Object stores have no rename (a copy would read and write every byte again, and a reader could list
   the temporary key). Bytes go to a local spool file first (`CURATION_SPOOL_DIR`, else the system
   temporary folder, in a folder per process that the next writer on the machine removes once the
@@ -38,6 +46,8 @@ streaming a shard's batches straight into it would publish a partial file if a s
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import io
 import json
@@ -46,6 +56,7 @@ import os
 import posixpath
 import re
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -444,12 +455,73 @@ def _spool_folder() -> str:
     return _SPOOL[pid]
 
 
+# The data files committed without their own fsync inside this thread's `grouped_flush` (None outside).
+_GROUP = threading.local()
+
+
+@contextlib.contextmanager
+def grouped_flush() -> Iterator[None]:
+    """Within: deferrable local commits skip their fsync; they are flushed together before any `publish`
+    and when the block ends without an error (a task that fails reports nothing a marker could vouch
+    for; its retry writes the same files again). Nested blocks belong to the outermost one."""
+    if getattr(_GROUP, "paths", None) is not None:
+        yield
+        return
+    _GROUP.paths = []
+    try:
+        yield
+        flush_group()
+    finally:
+        _GROUP.paths = None
+
+
+def flush_group() -> None:
+    """Make the files committed so far in this thread's group durable: one syncfs per file system
+    (Linux), else an fsync of each."""
+    paths = getattr(_GROUP, "paths", None)
+    if not paths:
+        return
+    by_device: dict[int, str] = {}
+    for path in paths:
+        try:
+            by_device.setdefault(os.stat(path).st_dev, path)
+        except FileNotFoundError:  # removed since (a spill read and deleted in the same task)
+            continue
+    syncfs = getattr(_libc(), "syncfs", None)
+    for path in by_device.values() if syncfs is not None else ():
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            if syncfs(fd) != 0:
+                raise OSError(ctypes.get_errno(), f"syncfs failed under {os.path.dirname(path)}")
+        finally:
+            os.close(fd)
+    if syncfs is None:
+        for path in paths:
+            try:
+                with open(path, "rb+") as handle:
+                    os.fsync(handle.fileno())
+            except FileNotFoundError:
+                continue
+    paths.clear()
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
 class Pending:
     """One file being written: bytes go to `local_path` (a plain local file, so any writer can use it),
-    and `commit()` publishes them under `location` whole (see the module docstring), `abort()` drops them."""
+    and `commit()` publishes them under `location` whole (see the module docstring), `abort()` drops them.
+    `deferrable`: a data file whose flush may join its task's group (`grouped_flush`); markers, indexes
+    and files replacing a finished output are not."""
 
-    def __init__(self, location: str | Path) -> None:
+    def __init__(self, location: str | Path, deferrable: bool = False) -> None:
         self.location = location
+        self.deferrable = deferrable
         self.remote = is_uri(location)
         token = uuid.uuid4().hex[:12]
         if self.remote:
@@ -461,9 +533,16 @@ class Pending:
 
     def commit(self) -> None:
         try:
-            with open(self.local_path, "rb+") as handle:
-                os.fsync(handle.fileno())
-            if not self.remote:
+            if not self.remote:  # a spool file for an upload needs no fsync: the store keeps the bytes
+                group = getattr(_GROUP, "paths", None)
+                if self.deferrable and group is not None:
+                    target = normalise(self.location)
+                    os.replace(self.local_path, target)
+                    group.append(target)
+                    return
+                flush_group()  # a barrier: the group's data is on disk before this file vouches for it
+                with open(self.local_path, "rb+") as handle:
+                    os.fsync(handle.fileno())
                 os.replace(self.local_path, normalise(self.location))
                 return
             filesystem, path = resolve(self.location)

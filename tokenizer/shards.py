@@ -71,7 +71,7 @@ class ShardWriter:
         self.folder = folder if storage.is_uri(folder) else Path(folder)
         self.name = name
         self.bin_path, self.index_path, self.meta_path = shard_paths(self.folder, name)
-        self._pending_bin = storage.Pending(self.bin_path)
+        self._pending_bin = storage.Pending(self.bin_path, deferrable=True)  # the .json written last vouches for both
         self.tmp_bin = self._pending_bin.local_path
         self._handle = open(self.tmp_bin, "wb")
         self._digest = hashlib.sha256()
@@ -99,7 +99,7 @@ class ShardWriter:
 
     def close(self, extra: dict | None = None) -> dict:
         self._handle.close()
-        pending_index = storage.Pending(self.index_path)
+        pending_index = storage.Pending(self.index_path, deferrable=True)
         tmp_index = pending_index.local_path
         try:
             columns = [np.concatenate(c) if c else np.zeros(0, np.int64) for c in zip(*self._index)] or \
