@@ -387,3 +387,20 @@ def test_code_pages_scope_still_drops_code():
     page = by_id("web_commoncrawl_samples.jsonl.gz", "dolma-cc2019-0319") + "\n\n" + code[0]
     assert c4_reasons([page], curly_bracket_scope="code_pages") == ["c4:curly_bracket"]
 
+
+
+def test_legal_banners_are_notices_not_prose_about_the_law():
+    # tests/junk.py's legal banners come from the Common Crawl sample's own lines: footers and notices, not
+    # the sentences of an article about copyright reform or a cookie-policy page's explanations, which
+    # name the same subjects and are prose the rules should keep; the chain's rules drop every banner.
+    from junk import web_junk
+    from test_rules_decisions import CHAIN_OPTIONS
+
+    web = [r for r in read_jsonl("web_commoncrawl_samples.jsonl.gz") if r["text"] and r["subset"] != "ccnet_head"]
+    banners = web_junk(web)["legal_banner"]
+    lines = {line for banner in banners for line in banner.split("\n")}
+    assert len(banners) >= 20
+    assert any(line.startswith("By clicking “Post Your Answer”, you agree") for line in lines)
+    assert not any("SCCR" in line or line.startswith("Cookies are small text files") for line in lines)
+    stages = [{"name": name, **CHAIN_OPTIONS.get(name, {})} for name in ("gopher_quality", "gopher_repetition", "c4", "fineweb")]
+    assert None not in run_stages(banners, stages).column(DROP_REASON).to_pylist()
