@@ -190,7 +190,7 @@ class Encoder:
     def _renew_fastokens(self) -> None:
         """A fresh fastokens tokenizer from the same bytes, dropping the one whose word cache grew
         (FAST_RENEW_CHARS). Same file, same library: the parity check holds for it."""
-        import fastokens
+        import fastokens  # optional, as in _load_fastokens: only an Encoder that passed the check renews
 
         self._fast = None
         release_freed_memory()
