@@ -146,21 +146,32 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("kind", ["local", "ray"])
-def test_kill_9_halfway_then_rerun_gives_identical_output(tmp_path, data_dir, kind):
-    folder = tmp_path / "in"
+KILL_STAGES = [{"name": "length_filter", "min_chars": 40}, {"name": "exact_dedup", "partitions": 4}]
+
+
+@pytest.fixture(scope="module")
+def kill_input_and_clean_run(tmp_path_factory, data_dir) -> tuple[Path, Path]:
+    """16 input shards and their uninterrupted run (in-process executor, through the CLI in a process of
+    its own), read-only: both executors' kill tests compare with the same clean output (it took 8-15 s
+    to write, once per test before)."""
+    root = tmp_path_factory.mktemp("kill_9")
+    folder = root / "in"
     folder.mkdir()
     rows = read_jsonl("lid_lingua_75lang.jsonl.gz")
     for i in range(16):
         write_jsonl(folder / f"part{i:02d}.jsonl", rows[i * 6000:(i + 1) * 6000])
-    stages = [{"name": "length_filter", "min_chars": 40}, {"name": "exact_dedup", "partitions": 4}]
-    clean = tmp_path / "clean.yaml"
-    clean.write_text(json.dumps(make_config(folder, tmp_path / "clean", "local", stages=stages)))
+    clean = root / "clean.yaml"
+    clean.write_text(json.dumps(make_config(folder, root / "clean", "local", stages=KILL_STAGES)))
     subprocess.run([sys.executable, "-c", CLI_KILL_SCRIPT, "run", str(clean), "--no-progress"], check=True,
                    capture_output=True)
+    return folder, root / "clean"
 
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_kill_9_halfway_then_rerun_gives_identical_output(tmp_path, kill_input_and_clean_run, kind):
+    folder, clean_out = kill_input_and_clean_run
     killed = tmp_path / "killed.yaml"
-    killed.write_text(json.dumps(make_config(folder, tmp_path / "killed", kind, stages=stages)))
+    killed.write_text(json.dumps(make_config(folder, tmp_path / "killed", kind, stages=KILL_STAGES)))
     markers = tmp_path / "killed" / "_state" / "segment0"
     proc = subprocess.Popen([sys.executable, "-c", CLI_KILL_SCRIPT, "run", str(killed), "--no-progress"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -178,9 +189,9 @@ def test_kill_9_halfway_then_rerun_gives_identical_output(tmp_path, data_dir, ki
                            capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     for part in ("kept", "rejected"):
-        assert digest_folder(tmp_path / "killed" / part) == digest_folder(tmp_path / "clean" / part)
-    assert len(digest_folder(tmp_path / "clean" / "kept")) == 16
-    clean_stats = json.loads((tmp_path / "clean" / "stats.json").read_text())
+        assert digest_folder(tmp_path / "killed" / part) == digest_folder(clean_out / part)
+    assert len(digest_folder(clean_out / "kept")) == 16
+    clean_stats = json.loads((clean_out / "stats.json").read_text())
     resumed_stats = json.loads((tmp_path / "killed" / "stats.json").read_text())
     assert resumed_stats["output"] == clean_stats["output"]
     assert resumed_stats["input"] == clean_stats["input"]
