@@ -13,8 +13,10 @@ prepared the way that call needs them outside the timing (so the ratio is the st
   Python list, on the same tokenizer.json (out/demo/tokenizer, else one trained here). Each round
   builds the Encoders and the raw tokenizer afresh (untimed), so every timed pass starts with an empty
   fastokens word cache, as a worker meeting new text does.
-- `minhash_dedup`: `keys` (words, signatures, band keys, the spilled table) against the numpy kernel
-  it calls, `signatures(words, ngram, a, b)`, with the words already split.
+- `minhash_dedup`: `keys` (words, signatures, band keys, the spilled table) against the kernel it
+  calls, `signatures(words, ngram, a, b)`, with the words already split: its compiled path
+  (`stages/minhash_kernels.cc`), and again its numpy path (`minhash_dedup_vs_numpy`, the issue's
+  reference).
 
 Every round runs each pair once, the stage and its raw call alternating batch by batch (so both see
 the same load on a shared machine); the ratio is the median over rounds of the two CPU times' ratio,
@@ -53,6 +55,7 @@ from conftest import read_jsonl  # noqa: E402
 
 from curation.stage import DROP_REASON, BatchPosition, build_stage, live_mask  # noqa: E402
 from curation.stages.lid import LINE_BREAKS  # noqa: E402
+from curation.stages import minhash_native  # noqa: E402
 from curation.stages.minhash_dedup import signatures  # noqa: E402
 from curation.stages.quality import lm_text  # noqa: E402
 from curation.stages.quality.models import KenlmTraining, train_kenlm  # noqa: E402
@@ -214,7 +217,7 @@ def encode_pairs(batches: list[pa.RecordBatch], tok: Path) -> list[Pair]:
     return [Pair("tokenize", batches, tokenize, raw, reference), Pair("pack_encode", batches, pack, raw, reference)]
 
 
-def minhash_pair(batches: list[pa.RecordBatch]) -> Pair:
+def minhash_pairs(batches: list[pa.RecordBatch]) -> list[Pair]:
     stage = build_stage({"name": "minhash_dedup"})
     stage.setup()
     words = [stage.words(b.column("text"), None) for b in batches]
@@ -228,7 +231,23 @@ def minhash_pair(batches: list[pa.RecordBatch]) -> Pair:
     def raw() -> list[Callable[[], object]]:
         return [partial(signatures, w, stage.config.ngram, stage._a, stage._b) for w in words]
 
-    return Pair("minhash_dedup", batches, ours, raw, "minhash_dedup.signatures(words, ngram, a, b), words already split")
+    def numpy_raw() -> list[Callable[[], object]]:
+        return [partial(numpy_signatures, w, stage.config.ngram, stage._a, stage._b) for w in words]
+
+    return [Pair("minhash_dedup", batches, ours, raw,
+                 "minhash_dedup.signatures(words, ngram, a, b), words already split (its compiled kernel)"),
+            Pair("minhash_dedup_vs_numpy", batches, ours, numpy_raw,
+                 "the numpy signature kernel (the path without stages/minhash_kernels.cc), words already split")]
+
+
+def numpy_signatures(words, ngram: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`signatures` on its numpy path, the compiled kernel set aside for the call."""
+    saved = minhash_native.signatures_into
+    minhash_native.signatures_into = lambda *args: False
+    try:
+        return signatures(words, ngram, a, b)
+    finally:
+        minhash_native.signatures_into = saved
 
 
 def renewal_seconds(tok: Path) -> float:
@@ -256,7 +275,7 @@ def main() -> None:
         tmp = Path(name)
         tok = tokenizer_file(tmp)
         pairs = [lid_pair(batches), quality_pair(record_batches(english_texts(args.english_mb)), kenlm_models(tmp)),
-                 *encode_pairs(batches, tok), minhash_pair(batches)]
+                 *encode_pairs(batches, tok), *minhash_pairs(batches)]
         for round_ in range(args.rounds):
             for pair in pairs:
                 pair.round()
