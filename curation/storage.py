@@ -196,8 +196,11 @@ def _retry(fn: Callable[[], Any], location: str | Path, what: str, attempts: int
 
 def _transient(exc: OSError) -> bool:
     text = str(exc).lower()
-    if any(word in text for word in ("access_denied", "accessdenied", "invalidaccesskeyid", "nosuchbucket",
-                                     "signaturedoesnotmatch", "no such file", "not found")):
+    # pyarrow spells S3's codes with underscores ("AWS Error NO_SUCH_BUCKET during ..."), boto3 and
+    # fsspec without: a missing bucket or a refused key is final, retrying only delays the error
+    if any(word in text for word in ("access_denied", "accessdenied", "invalidaccesskeyid", "invalid_access_key_id",
+                                     "nosuchbucket", "no_such_bucket", "signaturedoesnotmatch",
+                                     "signature_does_not_match", "no such file", "not found")):
         return False
     return True
 
