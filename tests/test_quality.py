@@ -39,6 +39,10 @@ def batch_of(texts: list[str], lang: str | None = None) -> pa.RecordBatch:
     return pa.record_batch(columns)
 
 
+# lmplz's sort memory for the small models trained here: its default (80%, the library's 40% of RAM)
+# takes 2-4 s to allocate before a tiny corpus; the model files are the same bytes with 100 MB.
+LMPLZ_MEMORY = "100M"
+
 @pytest.fixture(scope="module")
 def english(tmp_path_factory):
     """Models trained on half of WikiText and GUM; the other half is the held-out prose, and the junk
@@ -48,7 +52,7 @@ def english(tmp_path_factory):
     gold = [{"id": r["id"], "text": r["text"], "lang": "en"} for r in wikitext[0::2] + gum[0::2]]
     pq.write_table(pa.Table.from_pylist(gold), tmp / "gold.parquet")
     models = tmp / "models"
-    train_kenlm(KenlmTraining(lang="en", inputs=[str(tmp / "gold.parquet")], out=models))
+    train_kenlm(KenlmTraining(lang="en", inputs=[str(tmp / "gold.parquet")], out=models, memory=LMPLZ_MEMORY))
     train_classifier("en", [str(tmp / "gold.parquet")], [str(_data("web_commoncrawl_samples.jsonl.gz"))], models)
     held_out = [r["text"] for r in wikitext[1::2] + gum[1::2]]
     junk = junk_documents(prose=held_out)
@@ -106,7 +110,8 @@ def test_chinese_character_model(tmp_path):
     news = read_jsonl("zh_msra_news.jsonl.gz")
     gold = [{"id": r["id"], "text": r["text"], "lang": "zh"} for r in news[0::2][:1200]]
     write_jsonl(tmp_path / "gold.jsonl", gold)
-    entry = train_kenlm(KenlmTraining(lang="zh", inputs=[str(tmp_path / "gold.jsonl")], out=tmp_path / "m"))
+    entry = train_kenlm(KenlmTraining(lang="zh", inputs=[str(tmp_path / "gold.jsonl")], out=tmp_path / "m",
+                                      memory=LMPLZ_MEMORY))
     assert entry["cjk_characters"]
     held_out = [r["text"] for r in news[1::2][:200]]
     rng = random.Random(3)
@@ -171,8 +176,8 @@ def test_model_errors_say_what_to_do(tmp_path, english):
     with open(english["gold"].parent / "tiny.txt", "w") as handle:
         handle.write("the cat sat on the mat\nthe dog sat on the log\n" * 50)
     with open(english["gold"].parent / "tiny.txt", "rb") as source, open(broken / "en.kenlm.binary", "wb") as sink:
-        subprocess.run([str(lmplz), "-o", "2", "--discount_fallback"], stdin=source, stdout=sink, stderr=subprocess.DEVNULL,
-                       check=True)
+        subprocess.run([str(lmplz), "-o", "2", "--discount_fallback", "-S", LMPLZ_MEMORY], stdin=source, stdout=sink,
+                       stderr=subprocess.DEVNULL, check=True)
     with pytest.raises(ModelError, match="is an ARPA file"):
         PerplexityQuality(model_dir=str(broken)).setup()
     # a model file changed after training (here: the classifier replaced by another fastText file)
@@ -188,5 +193,5 @@ def test_model_errors_say_what_to_do(tmp_path, english):
         ClassifierQuality(model_dir=str(tampered)).setup()
     with pytest.raises(ModelError, match="no quality classifier"):
         only_lm = tmp_path / "only_lm"
-        train_kenlm(KenlmTraining(lang="en", inputs=[str(english["gold"])], out=only_lm, order=3))
+        train_kenlm(KenlmTraining(lang="en", inputs=[str(english["gold"])], out=only_lm, order=3, memory=LMPLZ_MEMORY))
         ClassifierQuality(model_dir=str(only_lm)).setup()
