@@ -323,11 +323,21 @@ class RayBackend:
                 self._discard(actor)
 
     def map(self, fn: Callable[..., Any], items: Iterable[Any]) -> list[Any]:
+        import ray  # only the Ray backend needs Ray: `executor: local` never imports it
+        from ray.exceptions import RayActorError, WorkerCrashedError  # Ray backend only, as above
+
         items = list(items)
         results: list[Any] = [None] * len(items)
         for position, result in self._schedule(items, lambda actor: None, lambda actor, item: actor.call.remote(fn, item),
                                                lambda item: f"{getattr(fn, '__name__', 'task')}({str(item)[:200]})"):
             results[position] = result
+        # The step's memory goes back once on every actor (StageWorker.release_memory), before the next
+        # step. Only actors that started: one that cannot be placed would never answer.
+        for actor, ref in [(actor, actor.release_memory.remote()) for actor in self._pool if actor in self._ready]:
+            try:
+                ray.get(ref)
+            except (RayActorError, WorkerCrashedError):
+                self._discard(actor)
         return results
 
 
@@ -360,18 +370,6 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-def _releasing(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn`, its outputs flushed together, releasing its memory when it ends."""
-    @functools.wraps(fn)
-    def run(item: Any) -> Any:
-        try:
-            return _grouped(fn)(item)
-        finally:
-            _release_memory()
-
-    return run
 
 
 def _grouped(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -417,7 +415,14 @@ class StageWorker:
         return self.processor.progress() if self.processor is not None else None
 
     def call(self, fn: Callable[..., Any], item: Any) -> Any:
-        return _releasing(fn)(item)
+        return _grouped(fn)(item)
+
+    def release_memory(self) -> None:
+        """After an aggregate step's tasks (RayBackend.map): once per step, not per task. A task reuses
+        the memory the last one freed, so the peak is about the same; the release itself (a full garbage
+        collection and malloc_trim: 80-110 ms in the driver of the same run) after each of the 130 small
+        tasks of bench_peer's minhash aggregate made it 5.2 s on Ray against 2.3 s in one process."""
+        _release_memory()
 
 
 def make_backend(config: ExecutorConfig) -> LocalBackend | RayBackend:
