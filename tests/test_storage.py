@@ -241,7 +241,8 @@ def test_output_folder_rules_hold_on_a_bucket(bucket, shards):
 
 class BoundedKiller(threading.Thread):
     """SIGKILLs a stage worker of ours (a descendant of this test process: test_faults.ray_worker_pids)
-    every 1-2 s once shards finish, `limit` times: bounded, so that on a busy 2-core machine, where an actor takes seconds
+    every 0.3-0.8 s once shards finish (at 1-2 s the faster run of 2026-11-30 ended after 2 kills, neither
+    mid-shard), `limit` times: bounded, so that on a busy 2-core machine, where an actor takes seconds
     to start, the run still makes progress between kills."""
 
     def __init__(self, seed: int, limit: int, markers: str) -> None:
@@ -257,7 +258,7 @@ class BoundedKiller(threading.Thread):
         while self.running and not storage.names_in(self.markers):
             time.sleep(0.2)
         while self.running and self.kills < self.limit:
-            time.sleep(self.rng.uniform(1.0, 2.0))
+            time.sleep(self.rng.uniform(0.3, 0.8))
             pids = ray_worker_pids()
             if pids and self.running:
                 try:
