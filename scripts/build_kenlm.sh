@@ -66,26 +66,25 @@ if [[ "$(cat "$DEST/lib/scorer.sha256" 2>/dev/null)" != "$stamp" || ! -f "$DEST/
   echo "kenlm: scorer $DEST/lib/libcuration_kenlm.so"
 fi
 
-# The rule stages' kernels (stages/text_rules.cc): no KenLM, only g++; rebuilt when the source
-# changes. Without them the rule stages compute the same decisions in numpy (stages/text_rules_native.py).
-RULES_SOURCE="$(cd "$(dirname "$0")/.." && pwd)/stages/text_rules.cc"
-stamp="$(sha256sum "$RULES_SOURCE" | cut -c1-16)"
-if [[ "$(cat "$DEST/lib/rules.sha256" 2>/dev/null)" != "$stamp" || ! -f "$DEST/lib/libcuration_rules.so" ]]; then
-  install_packages g++
-  g++ -O3 -DNDEBUG -std=c++17 -shared -fPIC "$RULES_SOURCE" -o "$DEST/lib/libcuration_rules.so.tmp"
-  mv "$DEST/lib/libcuration_rules.so.tmp" "$DEST/lib/libcuration_rules.so"
-  echo "$stamp" >"$DEST/lib/rules.sha256"
-  echo "kenlm: rule kernels $DEST/lib/libcuration_rules.so"
-fi
+# A kernel of one C++ file needing only g++ (no KenLM): built into $DEST/lib/libcuration_NAME.so, again
+# whenever its source changes (a stamp of the source's sha256 beside it).
+build_kernel() {
+  local name="$1" source="$2" what="$3" stamp
+  stamp="$(sha256sum "$source" | cut -c1-16)"
+  if [[ "$(cat "$DEST/lib/$name.sha256" 2>/dev/null)" != "$stamp" || ! -f "$DEST/lib/libcuration_$name.so" ]]; then
+    install_packages g++
+    g++ -O3 -DNDEBUG -std=c++17 -shared -fPIC "$source" -o "$DEST/lib/libcuration_$name.so.tmp"
+    mv "$DEST/lib/libcuration_$name.so.tmp" "$DEST/lib/libcuration_$name.so"
+    echo "$stamp" >"$DEST/lib/$name.sha256"
+    echo "kenlm: $what $DEST/lib/libcuration_$name.so"
+  fi
+}
+STAGES_DIR="$(cd "$(dirname "$0")/.." && pwd)/stages"
 
-# The MinHash signature kernel (stages/minhash_kernels.cc): only g++, rebuilt when the source changes.
-# Without it minhash_dedup computes the same signatures in numpy (stages/minhash_native.py).
-MINHASH_SOURCE="$(cd "$(dirname "$0")/.." && pwd)/stages/minhash_kernels.cc"
-stamp="$(sha256sum "$MINHASH_SOURCE" | cut -c1-16)"
-if [[ "$(cat "$DEST/lib/minhash.sha256" 2>/dev/null)" != "$stamp" || ! -f "$DEST/lib/libcuration_minhash.so" ]]; then
-  install_packages g++
-  g++ -O3 -DNDEBUG -std=c++17 -shared -fPIC "$MINHASH_SOURCE" -o "$DEST/lib/libcuration_minhash.so.tmp"
-  mv "$DEST/lib/libcuration_minhash.so.tmp" "$DEST/lib/libcuration_minhash.so"
-  echo "$stamp" >"$DEST/lib/minhash.sha256"
-  echo "kenlm: minhash kernel $DEST/lib/libcuration_minhash.so"
-fi
+# The rule stages' kernels: without them the rule stages compute the same decisions in numpy
+# (stages/text_rules_native.py).
+build_kernel rules "$STAGES_DIR/text_rules.cc" "rule kernels"
+
+# The MinHash signature kernel: without it minhash_dedup computes the same signatures in numpy
+# (stages/minhash_native.py).
+build_kernel minhash "$STAGES_DIR/minhash_kernels.cc" "minhash kernel"
