@@ -53,6 +53,7 @@ class RuleStage(Stage):
         if len(unknown) == 0:
             return batch, flags
         flags[unknown] = tr.reference_pages(pc.take(selected.text, pa.array(unknown)))
-        values = np.array(column.to_pylist(), dtype=object)
-        values[selected.rows[unknown]] = flags[unknown]
-        return set_column(batch, REFERENCE_PAGE, pa.array(values.tolist(), pa.bool_())), flags
+        mask = np.zeros(len(column), bool)
+        mask[selected.rows[unknown]] = True  # ascending, as replace_with_mask takes its replacements
+        filled = pc.replace_with_mask(column, pa.array(mask), pa.array(flags[unknown], pa.bool_()))
+        return set_column(batch, REFERENCE_PAGE, filled), flags

@@ -528,14 +528,15 @@ def fineweb_counts(text: pa.Array, cjk: np.ndarray, terminal_punctuation: tuple[
     return FineWebCounts(newlines, chars, doc_lines.counts,
                          doc_lines.per_doc_count(ends_with_any(doc_lines.values, terminal_punctuation)),
                          doc_lines.per_doc_count(lengths <= short_limit),
-                         duplicate_line_chars(text, copies),
+                         duplicate_line_chars(text, copies, doc_lines),
                          np.where(cjk, words(text, cjk).counts, treebank_word_counts(text)))
 
 
-def duplicate_line_chars(text: pa.Array, copies: np.ndarray | None = None) -> np.ndarray:
+def duplicate_line_chars(text: pa.Array, copies: np.ndarray | None = None, doc_lines: Tokens | None = None) -> np.ndarray:
     """Per document: the characters of its non-blank lines equal to an earlier line of it (FineWeb's
-    duplicate-line characters), counted from a line's copies[doc] + 1-th occurrence (None: the second)."""
-    doc_lines = non_blank(lines(text))
+    duplicate-line characters), counted from a line's copies[doc] + 1-th occurrence (None: the second).
+    `doc_lines`: the text's non-blank lines where the caller has them already."""
+    doc_lines = non_blank(lines(text)) if doc_lines is None else doc_lines
     duplicate = duplicate_elements(doc_lines, copies)
     return doc_lines.per_doc_sum(np.where(duplicate, doc_lines.lengths(), 0)).astype(np.int64)
 
