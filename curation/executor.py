@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from curation import storage
 from curation.config import ExecutorConfig, PipelineConfig
+from curation.embedded_ray import start_embedded
 from curation.errors import CurationError, ShardFailure
 from curation.io import Shard, list_shards, write_json_atomic
 from curation.output_folder import OutputFolderError, check_not_inputs, check_writable_here, remove_run_outputs
@@ -139,8 +140,9 @@ class RayBackend:
                 # The embedded default: a local Ray instance started (and stopped) by the library.
                 # address="local" starts a fresh one whatever RAY_ADDRESS or an earlier `ray start` on
                 # this machine names: only --address (executor.address) joins an existing cluster.
-                ray.init(address="local", num_cpus=self.config.num_cpus, include_dashboard=self.config.dashboard,
-                         object_store_memory=512 * 1024 * 1024, _system_config=EMBEDDED_RAY_SYSTEM_CONFIG, **kwargs)
+                # (without Ray's autoscaler monitor: one node, nothing to scale; curation.embedded_ray)
+                start_embedded(num_cpus=self.config.num_cpus, include_dashboard=self.config.dashboard,
+                               object_store_memory=512 * 1024 * 1024, _system_config=EMBEDDED_RAY_SYSTEM_CONFIG, **kwargs)
                 self._started_ray = True
         return self
 

@@ -231,3 +231,54 @@ def test_progress_within_a_single_large_shard(tmp_path, kind, ray_instance, monk
     inside = sorted({position for position in heard if 0 < position < shard.size})
     assert inside, heard
     assert heard == sorted(heard) and heard[-1] <= shard.size
+
+
+EMBEDDED_PROCESSES_SCRIPT = """
+import json, os
+from curation.config import ExecutorConfig
+from curation.executor import RayBackend
+
+def descendants(root):
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    found, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == pid:
+                found.append(child)
+                frontier.append(child)
+    commands = []
+    for pid in found:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                commands.append(handle.read().replace(b"\\0", b" ").decode(errors="replace"))
+        except OSError:
+            pass
+    return commands
+
+with RayBackend(ExecutorConfig(num_cpus=1, dashboard=False)):
+    commands = descendants(os.getpid())
+from ray._private.node import Node
+print(json.dumps({"commands": commands, "restored": Node.start_monitor.__name__}))
+"""
+
+
+def test_embedded_instance_starts_no_autoscaler_monitor(tmp_path):
+    """The embedded instance (one node, one run) starts Ray without its autoscaler monitor
+    (curation.embedded_ray), on the Ray installed here; Ray's own start step is put back afterwards."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", EMBEDDED_PROCESSES_SCRIPT], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    commands = found["commands"]
+    assert any("gcs_server" in c for c in commands) and any("raylet" in c for c in commands), commands
+    assert not any("autoscaler/_private/monitor.py" in c or c.split(" ")[1:2] == ["monitor.py"] for c in commands), commands
+    assert found["restored"] == "start_monitor"
