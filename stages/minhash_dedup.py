@@ -128,20 +128,38 @@ def fmix32(h: np.ndarray) -> np.ndarray:
         return h ^ (h >> np.uint32(s3))
 
 
+# datasketch.MinHashLSH's choice of (bands, rows) for the settings people use, so that building the stage
+# does not import datasketch: it imports scipy, 0.6-0.9 s of a run's critical path on the driver (in a
+# 20 s run on 2 cores). tests/test_dedup_lsh.py checks every entry against datasketch; any other
+# settings ask datasketch. Keys: (threshold, num_perm, false positive weight, false negative weight).
+KNOWN_LSH_PARAMS: dict[tuple[float, int, float, float], tuple[int, int]] = {
+    (0.7, 128, 0.2, 0.8): (18, 7), (0.75, 128, 0.2, 0.8): (16, 8), (0.8, 128, 0.2, 0.8): (12, 10),
+    (0.85, 128, 0.2, 0.8): (9, 13), (0.9, 128, 0.2, 0.8): (7, 18),
+    (0.7, 128, 0.5, 0.5): (14, 9), (0.75, 128, 0.5, 0.5): (11, 11), (0.8, 128, 0.5, 0.5): (9, 13),
+    (0.85, 128, 0.5, 0.5): (8, 16), (0.9, 128, 0.5, 0.5): (5, 25),
+}
+
+
 def lsh_params(threshold: float, num_perm: int, fp_weight: float, fn_weight: float) -> tuple[int, int]:
     """(bands, rows) minimising the weighted false positive and negative rates, as datasketch.MinHashLSH
     picks them for `weights=(fp_weight, fn_weight)`."""
+    known = KNOWN_LSH_PARAMS.get((threshold, num_perm, fp_weight, fn_weight))
+    if known is not None:
+        return known
     from datasketch.lsh import _optimal_param  # the same choice as MinHashLSH, so results compare
 
     return _optimal_param(threshold, num_perm, fp_weight, fn_weight)
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch.MinHash's permutations (a, b) for `num_perm` and `seed`, as uint32 (affine32)."""
-    from datasketch import MinHash  # where the stage is built only: workers need no datasketch/scipy (45 MB)
-
-    a, b = MinHash(num_perm=num_perm, seed=seed).permutations
-    return np.asarray(a, np.uint32), np.asarray(b, np.uint32)
+    """datasketch.MinHash's permutations (a, b) for `num_perm` and `seed` in its default scheme
+    (`affine32`: h -> a * h + b mod 2^32, `a` odd), drawn as it draws them (its `_init_permutations`);
+    tests/test_minhash_native.py compares them with datasketch's own. Not imported from datasketch: see
+    KNOWN_LSH_PARAMS."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
 
 
 def shingle_hashes(words: tr.Tokens, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -564,8 +582,7 @@ class MinHashDedup(AppliesDecisions, GlobalStage):
         super().__init__(config, **options)
         c = self.config
         self.bands, self.rows = lsh_params(c.threshold, c.num_perm, c.false_positive_weight, c.false_negative_weight)
-        # Taken here, where the stage is built (the driver), and carried to the workers with the stage:
-        # datasketch imports scipy, about 45 MB in every worker that imported it for two small arrays.
+        # Taken here, where the stage is built (the driver), and carried to the workers with the stage.
         self._a, self._b = permutations(c.num_perm, c.seed)
         dedup_index.check_options(self.name, c.index_read, c.index_write, self.index_settings())
 

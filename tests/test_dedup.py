@@ -75,6 +75,22 @@ def test_signatures_equal_datasketch():
         assert np.array_equal(reference.hashvalues, ours[i]), i
 
 
+
+def test_permutations_and_lsh_params_are_datasketch_ones():
+    """The stage takes datasketch's permutations and (bands, rows) without importing datasketch (a
+    replica of its draw and a table of its choices): both equal what datasketch gives."""
+    from datasketch import MinHash
+    from datasketch.lsh import _optimal_param
+
+    for num_perm, seed in [(128, 1), (128, 7), (16, 1), (256, 42), (1, 3)]:
+        a, b = mh.permutations(num_perm, seed)
+        ref_a, ref_b = MinHash(num_perm=num_perm, seed=seed).permutations
+        assert a.dtype == b.dtype == np.uint32
+        assert np.array_equal(a, ref_a) and np.array_equal(b, ref_b), (num_perm, seed)
+    for key, params in mh.KNOWN_LSH_PARAMS.items():
+        assert params == _optimal_param(*key), key
+    assert mh.lsh_params(0.6, 64, 0.3, 0.7) == _optimal_param(0.6, 64, 0.3, 0.7)  # off the table
+
 @pytest.fixture()
 def near_copies(tmp_path):
     rng = random.Random(7)
