@@ -88,3 +88,30 @@ build_kernel rules "$STAGES_DIR/text_rules.cc" "rule kernels"
 # The MinHash signature kernel: without it minhash_dedup computes the same signatures in numpy
 # (stages/minhash_native.py).
 build_kernel minhash "$STAGES_DIR/minhash_kernels.cc" "minhash kernel"
+
+# The lid stage's compiled predict: stages/lid_kernels.cc linked with fastText's own C++ (src/*.cc but
+# main.cc) from the sdist of the version the `lid` extra pins, so its floats are fastText's. Flags as
+# fastText's setup.py, without -march=native, and no FMA contraction. Rebuilt when our source, the
+# version or the flags change. Without it the lid stage calls the fasttext module (stages/lid_native.py).
+FASTTEXT_VERSION="$(grep -o 'fasttext==[0-9.]*' "$STAGES_DIR/../pyproject.toml" | head -1 | cut -d= -f3)"
+LID_FLAGS="-O3 -funroll-loops -pthread -std=c++17 -ffp-contract=off -DNDEBUG -fPIC -fvisibility=hidden"
+lid_stamp="$( (cat "$STAGES_DIR/lid_kernels.cc"; echo "fasttext $FASTTEXT_VERSION $LID_FLAGS") | sha256sum | cut -c1-16)"
+if [[ "$(cat "$DEST/lib/lid.sha256" 2>/dev/null)" != "$lid_stamp" || ! -f "$DEST/lib/libcuration_lid.so" ]]; then
+  install_packages g++
+  lid_work="$(mktemp -d)"
+  trap 'rm -rf "${work:-}" "$lid_work"' EXIT
+  echo "kenlm: building the lid predict with fastText $FASTTEXT_VERSION (about 30 s of CPU)"
+  "$PYTHON" -m pip download --quiet --no-deps --no-binary fasttext "fasttext==$FASTTEXT_VERSION" -d "$lid_work" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+  tar -xzf "$lid_work/fasttext-$FASTTEXT_VERSION.tar.gz" -C "$lid_work"
+  fasttext_src="$lid_work/fasttext-$FASTTEXT_VERSION/src"
+  mkdir -p "$lid_work/obj"
+  # shellcheck disable=SC2086  # LID_FLAGS is a list of flags
+  ls "$fasttext_src"/*.cc | grep -v '/main\.cc$' | cat - <(echo "$STAGES_DIR/lid_kernels.cc") \
+    | xargs -P "$(nproc)" -I{} sh -c 'g++ '"$LID_FLAGS"' -I"'"$fasttext_src"'" -c "$1" -o "'"$lid_work"'/obj/$(basename "$1" .cc).o"' _ {}
+  # shellcheck disable=SC2086
+  g++ -shared $LID_FLAGS "$lid_work"/obj/*.o -o "$DEST/lib/libcuration_lid.so.tmp"
+  mv "$DEST/lib/libcuration_lid.so.tmp" "$DEST/lib/libcuration_lid.so"
+  echo "$lid_stamp" >"$DEST/lib/lid.sha256"
+  echo "kenlm: lid predict $DEST/lib/libcuration_lid.so"
+fi

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.stages import lid_native
 from curation.stages.model_files import lid_model_path
 from curation.stage import TEXT, Stage, drop_rows, register_stage, set_column
 from curation.stages.lid_rules import english_evidence
@@ -75,63 +76,84 @@ class LanguageID(Stage):
         fasttext.FastText.eprint = lambda *args, **kwargs: None  # its load warning is noise here
         # The pybind object directly: the Python wrapper's predict breaks on numpy 2 and is slower.
         self._model = fasttext.load_model(str(path)).f
-        self._route_of = {lang: group for group, langs in self.config.routes.items() for lang in langs}
+        # The compiled predict where the setup built it (stages/lid_native.py): the same labels and scores
+        # bit for bit (tests/test_lid_native.py), without a Python string per document.
+        lib = lid_native.library()
+        self._native = lid_native.NativeModel(lib, str(path)) if lib is not None else None
+        labels = self._native.labels if self._native is not None else self._model.getLabels("strict")[0]
+        # Labels by index, "und" last: predictions are indexes into these until the columns are built.
+        self._codes = np.array([label[9:] for label in labels] + [UNDETERMINED], dtype=object)  # "__label__en" -> "en"
+        self._index = {label: i for i, label in enumerate(labels)}
+        c = self.config
+        self._thresholds = np.array([c.min_scores.get(code, c.min_score) for code in self._codes], dtype=np.float32)
+        self._lang_column = pa.array(self._codes, pa.string())
+        routes = {lang: group for group, langs in c.routes.items() for lang in langs}
+        self._group_column = pa.array([routes.get(code, "other") for code in self._codes], pa.string())
 
     def predict(self, text: pa.Array) -> tuple[list[str], np.ndarray]:
         """Labels and scores for an array of documents (before thresholds)."""
-        langs, scores, _ = self._predict(text)
-        return langs, scores
+        label, scores = self._predict(text)
+        return self._codes[label].tolist(), np.minimum(scores, 1.0)
 
-    def _predict(self, text: pa.Array) -> tuple[list[str], np.ndarray, pa.Array]:
-        """Labels, scores and the one-line prefixes fastText read."""
-        prefix = pc.utf8_slice_codeunits(text, 0, self.config.max_chars)
-        one_line = pc.replace_substring_regex(prefix, LINE_BREAKS, " ")
-        labels, scores = self._model.multilinePredict(one_line.to_pylist(), 1, 0.0, "strict")
-        langs = [label[0][9:] if label else UNDETERMINED for label in labels]  # "__label__en" -> "en"
-        top = np.array([s[0] if len(s) else 0.0 for s in scores], dtype=np.float32)
-        return langs, np.minimum(top, 1.0), one_line
+    def _one_line(self, text: pa.Array) -> pa.Array:
+        """The line fastText reads: the first max_chars characters, line breaks and tabs as spaces."""
+        return pc.replace_substring_regex(pc.utf8_slice_codeunits(text, 0, self.config.max_chars), LINE_BREAKS, " ")
 
-    def _runner_up(self, one_line: pa.Array, rows: np.ndarray) -> np.ndarray:
+    def _predict(self, text: pa.Array, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The k-th label (an index into _codes, "und" where fastText gives fewer than k) and its score
+        (fastText's exp of a log-probability, which can pass 1 by a little)."""
+        if self._native is not None:
+            labels, probs = self._native.predict(text, self.config.max_chars, k)
+            label, score = labels[:, k - 1], probs[:, k - 1]
+            label = np.where(label < 0, len(self._codes) - 1, label)
+        else:
+            names, probs = self._model.multilinePredict(self._one_line(text).to_pylist(), k, 0.0, "strict")
+            label = np.array([self._index[n[k - 1]] if len(n) >= k else len(self._codes) - 1 for n in names], np.int64)
+            score = np.array([s[k - 1] if len(s) >= k else 0.0 for s in probs], dtype=np.float32)
+        return label, score
+
+    def _runner_up(self, text: pa.Array, rows: np.ndarray) -> np.ndarray:
         """The second label's score for `rows` (k=2), asked only for the rows en_evidence weighs: 7% of
         the stage's time when asked for every row (bench/bench_stage_ratios.py). k=1 gives the same top
         label and score as k=2 (all 194,027 documents of the shared data)."""
-        _, scores = self._model.multilinePredict(one_line.take(pa.array(rows)).to_pylist(), 2, 0.0, "strict")
-        return np.array([s[1] if len(s) > 1 else 0.0 for s in scores], dtype=np.float32)
+        return self._predict(text.take(pa.array(rows)), k=2)[1]
 
-    def english_kept(self, langs: np.ndarray, scores: np.ndarray, one_line: pa.Array, passed: np.ndarray) -> np.ndarray:
+    def english_kept(self, langs: np.ndarray, scores: np.ndarray, text: pa.Array, passed: np.ndarray) -> np.ndarray:
         """Rows whose English prediction failed its threshold but whose text gives English evidence."""
         c = self.config
         kept = np.zeros(len(langs), dtype=bool)
         rows = np.flatnonzero((langs == "en") & ~passed & (scores >= c.en_evidence_min_score))
         if not c.en_evidence or len(rows) == 0:
             return kept
-        rows = rows[scores[rows] >= c.en_evidence_min_margin * self._runner_up(one_line, rows)]
+        rows = rows[scores[rows] >= c.en_evidence_min_margin * self._runner_up(text, rows)]
         if len(rows) == 0:
             return kept
         # Only the candidates are split into words: a few percent of a web batch, so the stage keeps
         # fastText's throughput (bench/results/stage_ratios.json).
-        stop_share, vowel_final = english_evidence(one_line.take(pa.array(rows)))
+        stop_share, vowel_final = english_evidence(self._one_line(text.take(pa.array(rows))))
         ok = (stop_share >= c.en_evidence_min_stop_share) & (vowel_final < c.en_evidence_max_vowel_final)
         kept[rows[ok]] = True
         return kept
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         c = self.config
-        predicted, scores, one_line = self._predict(batch.column(TEXT))
-        langs = np.array(predicted, dtype=object)
-        thresholds = np.array([c.min_scores.get(lang, c.min_score) for lang in predicted], dtype=np.float32)
-        passed = scores >= thresholds
-        passed |= self.english_kept(langs, scores, one_line, passed)
-        langs = np.where(passed, langs, UNDETERMINED).tolist()
-        groups = [self._route_of.get(lang, "other") for lang in langs]
+        text = batch.column(TEXT)
+        label, scores = self._predict(text)
+        scores = np.minimum(scores, 1.0)
+        passed = scores >= self._thresholds[label]
+        passed |= self.english_kept(self._codes[label], scores, text, passed)
+        label = np.where(passed, label, len(self._codes) - 1)
+        langs, groups = self._lang_column.take(label), self._group_column.take(label)
         if c.source_languages and c.source_column in batch.schema.names:
+            langs, groups = langs.to_pylist(), groups.to_pylist()
             for row, source in enumerate(batch.column(c.source_column).to_pylist()):
                 known = c.source_languages.get(source)
                 if known is not None:
                     langs[row], groups[row], scores[row] = known, known, 1.0
-        batch = set_column(batch, "lang", pa.array(langs, pa.string()))
+            langs, groups = pa.array(langs, pa.string()), pa.array(groups, pa.string())
+        batch = set_column(batch, "lang", langs)
         batch = set_column(batch, "lang_score", pa.array(scores, pa.float32()))
-        batch = set_column(batch, "lang_group", pa.array(groups, pa.string()))
+        batch = set_column(batch, "lang_group", groups)
         if c.keep_languages is not None:
             keep = pc.is_in(batch.column("lang"), value_set=pa.array(list(c.keep_languages), pa.string()))
             batch = drop_rows(batch, pc.invert(keep), "lang")

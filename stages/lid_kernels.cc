@@ -1,0 +1,367 @@
+// The `lid` stage's fastText predict over a whole Arrow string array, with a cache of each word's input ids.
+//
+// What pybind's multilinePredict(lines, k, 0.0) spends its time on is not the model: for every line it
+// builds a std::string and an istringstream, reads the line byte by byte (Dictionary::readWord), and for
+// every word hashes each of its character n-grams (minn 2 .. maxn 4, FNV-1a) and looks them up in the
+// pruned n-gram table. Words repeat, so here the id list fastText makes for a word is computed once, by
+// fastText's own Dictionary::getStringNoNewline on that word alone, and kept in a bounded cache. The row
+// sums, the hierarchical-softmax search and the exp are then fastText's own code (FastText::predict)
+// on the same id list in the same order, so the floats are the same bits: tests/test_lid_native.py
+// compares labels and float32 scores with the pybind path on every document of ../shared/data.
+//
+// Why the id lists of single words concatenate to the line's: Dictionary::getLine appends each token's
+// ids in order (addSubwords), and its word n-grams (addWordNgrams) add nothing when wordNgrams is 1
+// (lid.176); lid_load refuses another model. A token "</s>" (fastText's end of sentence) ends the line
+// there, as getLine's break does.
+//
+// The line is the one lid.py used to build in Arrow: the first max_chars code points of the document
+// (pc.utf8_slice_codeunits), with every run of \r \n \t \v \f U+0085 U+2028 U+2029 made one space
+// (pc.replace_substring_regex). Tokens are then what readWord splits on: space, \n \r \t \v \f and NUL;
+// no '\n' is left to become an end-of-sentence token, and pybind's multilinePredict appends none.
+//
+// fastText's sources come from its PyPI sdist, fetched by scripts/build_kenlm.sh at setup and compiled
+// with this file (same g++ flags as its setup.py, without -march=native, and -ffp-contract=off: no FMA).
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "fasttext.h"
+
+namespace {
+
+// Cache bounds. A worker's cache is cleared whole when one is reached, so its memory never grows with the
+// corpus: at most 2 MiB of slots and entries (64K words), 1 MiB of word bytes and 4 MiB of ids. Measured
+// on ../shared/data in stage order: 64K words keep 97% of token lookups hits; 256K gained under 1%.
+constexpr uint32_t kSlots = 1u << 17;              // open addressing, load <= 1/2
+constexpr uint32_t kMaxEntries = kSlots / 2;
+constexpr size_t kMaxKeyBytes = 1u << 20;
+constexpr size_t kMaxIds = 1u << 20;
+constexpr size_t kMaxCachedWord = 64;               // longer words are computed each time (rare)
+
+inline uint64_t hash_bytes(const char* p, size_t n) {
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xff51afd7ed558ccdull);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdull;
+    h ^= h >> 32;
+  }
+  if (i < n) {
+    uint64_t w = 0;
+    std::memcpy(&w, p + i, n - i);
+    h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+  }
+  h ^= h >> 29;
+  return h;
+}
+
+// The protected members of fastText's Dictionary that its word -> ids path reads (pointers to members
+// named through a derived class; nothing is copied or changed).
+struct DictionaryAccess : fasttext::Dictionary {
+  static const std::unordered_map<int32_t, int32_t>& pruneidx(const fasttext::Dictionary& d) {
+    return d.*(&DictionaryAccess::pruneidx_);
+  }
+  static int64_t pruneidx_size(const fasttext::Dictionary& d) { return d.*(&DictionaryAccess::pruneidx_size_); }
+};
+
+// The ids Dictionary::getLine appends for one token (its getId, getType, addSubwords, computeSubwords and
+// pushHash, step for step), without its allocations: computeSubwords builds a std::string per n-gram and
+// hashes it from the start, and pushHash looks the bucket up in a std::unordered_map (35% of the time
+// with them). Here each n-gram's FNV-1a extends the shorter one's (the hash is sequential), and the
+// pruned buckets sit in a flat open-addressing table.
+class Subwords {
+ public:
+  Subwords(const fasttext::Dictionary& dict, const fasttext::Args& args)
+      : dict_(dict), nwords_(dict.nwords()), minn_(args.minn), maxn_(args.maxn),
+        bucket_(static_cast<uint32_t>(args.bucket)), pruned_(DictionaryAccess::pruneidx_size(dict)) {
+    const auto& pruneidx = DictionaryAccess::pruneidx(dict);
+    size_t size = 16;
+    shift_ = 28;
+    while (size < 4 * pruneidx.size()) size <<= 1, shift_--;
+    mask_ = static_cast<uint32_t>(size - 1);
+    keys_.assign(size, -1);
+    values_.assign(size, 0);
+    for (const auto& [key, value] : pruneidx) {
+      uint32_t slot = home(key);
+      while (keys_[slot] >= 0) slot = (slot + 1) & mask_;
+      keys_[slot] = key;
+      values_[slot] = value;
+    }
+  }
+
+  void append(std::string_view token, std::vector<int32_t>& out) const {
+    const int32_t wid = dict_.getId(token, fnv(2166136261u, token.data(), token.size()));
+    const fasttext::entry_type type = wid < 0 ? dict_.getType(token) : dict_.getType(wid);
+    if (type != fasttext::entry_type::word) return;  // a label (known or not) adds nothing to the words
+    if (wid >= 0) {
+      if (maxn_ <= 0) {
+        out.push_back(wid);
+      } else {
+        const std::vector<int32_t>& ngrams = dict_.getSubwords(wid);
+        out.insert(out.end(), ngrams.begin(), ngrams.end());
+      }
+      return;
+    }
+    if (token == fasttext::Dictionary::EOS) return;
+    word_.assign(fasttext::Dictionary::BOW);
+    word_.append(token.data(), token.size());
+    word_ += fasttext::Dictionary::EOW;
+    const char* w = word_.data();
+    const size_t size = word_.size();
+    for (size_t i = 0; i < size; i++) {
+      if ((w[i] & 0xC0) == 0x80) continue;
+      uint32_t h = 2166136261u;
+      for (size_t j = i, n = 1; j < size && n <= static_cast<size_t>(maxn_); n++) {
+        const size_t from = j++;
+        while (j < size && (w[j] & 0xC0) == 0x80) j++;
+        h = fnv(h, w + from, j - from);
+        if (n >= static_cast<size_t>(minn_) && !(n == 1 && (i == 0 || j == size))) {
+          push(out, static_cast<int32_t>(h % bucket_));
+        }
+      }
+    }
+  }
+
+ private:
+  // Dictionary::hash, continued from h: each byte as a signed char (fastText's released models).
+  static uint32_t fnv(uint32_t h, const char* p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+      h = h ^ uint32_t(int8_t(p[i]));
+      h = h * 16777619;
+    }
+    return h;
+  }
+
+  uint32_t home(int32_t key) const { return (static_cast<uint32_t>(key) * 0x9E3779B1u) >> shift_; }
+
+  // Dictionary::pushHash.
+  void push(std::vector<int32_t>& out, int32_t id) const {
+    if (pruned_ == 0 || id < 0) return;
+    if (pruned_ > 0) {
+      uint32_t slot = home(id);
+      while (keys_[slot] != id) {
+        if (keys_[slot] < 0) return;
+        slot = (slot + 1) & mask_;
+      }
+      id = values_[slot];
+    }
+    out.push_back(nwords_ + id);
+  }
+
+  const fasttext::Dictionary& dict_;
+  const int32_t nwords_, minn_, maxn_;
+  const uint32_t bucket_;
+  const int64_t pruned_;
+  uint32_t mask_, shift_;
+  std::vector<int32_t> keys_, values_;
+  mutable std::string word_;
+};
+
+struct Entry {
+  uint64_t hash;
+  uint32_t key_offset, key_size, ids_offset, ids_size;
+};
+
+class WordCache {
+ public:
+  WordCache() : slots_(kSlots, -1) {
+    entries_.reserve(kMaxEntries);
+    keys_.reserve(kMaxKeyBytes);
+    ids_.reserve(kMaxIds);
+  }
+
+  // Appends the word's ids to `out`, computing them with `dict` on a miss.
+  void append(const Subwords& subwords, std::string_view word, std::vector<int32_t>& out) {
+    if (word.size() > kMaxCachedWord) {
+      ++long_words_;
+      compute(subwords, word);
+      out.insert(out.end(), scratch_.begin(), scratch_.end());
+      return;
+    }
+    const uint64_t h = hash_bytes(word.data(), word.size());
+    uint32_t slot = static_cast<uint32_t>(h) & (kSlots - 1);
+    while (slots_[slot] >= 0) {
+      const Entry& e = entries_[slots_[slot]];
+      if (e.hash == h && e.key_size == word.size() && std::memcmp(keys_.data() + e.key_offset, word.data(), word.size()) == 0) {
+        out.insert(out.end(), ids_.begin() + e.ids_offset, ids_.begin() + e.ids_offset + e.ids_size);
+        ++hits_;
+        return;
+      }
+      slot = (slot + 1) & (kSlots - 1);
+    }
+    ++misses_;
+    compute(subwords, word);
+    out.insert(out.end(), scratch_.begin(), scratch_.end());
+    if (entries_.size() == kMaxEntries || keys_.size() + word.size() > kMaxKeyBytes
+        || ids_.size() + scratch_.size() > kMaxIds) {
+      clear();
+      slot = static_cast<uint32_t>(h) & (kSlots - 1);  // the table is empty now: the home slot is free
+    }
+    slots_[slot] = static_cast<int32_t>(entries_.size());
+    entries_.push_back({h, static_cast<uint32_t>(keys_.size()), static_cast<uint32_t>(word.size()),
+                        static_cast<uint32_t>(ids_.size()), static_cast<uint32_t>(scratch_.size())});
+    keys_.insert(keys_.end(), word.begin(), word.end());
+    ids_.insert(ids_.end(), scratch_.begin(), scratch_.end());
+  }
+
+  void clear() {
+    std::fill(slots_.begin(), slots_.end(), -1);
+    entries_.clear();
+    keys_.clear();
+    ids_.clear();
+    ++clears_;
+  }
+
+  // {entries now, clears, hits, misses, words too long to cache}
+  void stats(int64_t* out) const {
+    out[0] = static_cast<int64_t>(entries_.size());
+    out[1] = clears_;
+    out[2] = hits_;
+    out[3] = misses_;
+    out[4] = long_words_;
+  }
+
+ private:
+  void compute(const Subwords& subwords, std::string_view word) {
+    scratch_.clear();
+    subwords.append(word, scratch_);
+  }
+
+  std::vector<int32_t> slots_;
+  std::vector<Entry> entries_;
+  std::vector<char> keys_;
+  std::vector<int32_t> ids_;
+  std::vector<int32_t> scratch_;
+  int64_t clears_ = 0, hits_ = 0, misses_ = 0, long_words_ = 0;
+};
+
+struct Model {
+  fasttext::FastText fasttext;
+  std::shared_ptr<const fasttext::Dictionary> dict;
+  std::unique_ptr<Subwords> subwords;
+  WordCache cache;
+  std::vector<int32_t> ids;
+  fasttext::Predictions predictions;
+};
+
+// Byte classes: 1 for readWord's separators (and the line breaks lid.py folded into spaces), 2 for the
+// first byte of a multi-byte line break (U+0085 is C2 85, U+2028/9 are E2 80 A8/A9).
+struct Classes {
+  uint8_t of[256] = {};
+  Classes() {
+    for (unsigned char c : {' ', '\n', '\r', '\t', '\v', '\f', '\0'}) of[c] = 1;
+    of[0xC2] = of[0xE2] = 2;
+  }
+};
+const Classes kClasses;
+
+// The length in bytes of the line break starting at p (0 when there is none).
+inline size_t separator(const unsigned char* p, const unsigned char* end) {
+  const uint8_t c = kClasses.of[*p];
+  if (c == 1) return 1;
+  if (c == 2) {
+    if (p[0] == 0xC2 && end - p >= 2 && p[1] == 0x85) return 2;
+    if (p[0] == 0xE2 && end - p >= 3 && p[1] == 0x80 && (p[2] == 0xA8 || p[2] == 0xA9)) return 3;
+  }
+  return 0;
+}
+
+// The end of the first max_chars code points (as Arrow's utf8_slice_codeunits counts them: lead bytes).
+inline const unsigned char* prefix_end(const unsigned char* p, const unsigned char* end, int64_t max_chars) {
+  if (end - p <= max_chars) return end;
+  int64_t chars = 0;
+  for (; p < end; ++p) {
+    if ((*p & 0xC0) != 0x80 && ++chars > max_chars) return p;
+  }
+  return end;
+}
+
+void write_error(char* error, int64_t capacity, const char* message) {
+  if (capacity <= 0) return;
+  std::strncpy(error, message, static_cast<size_t>(capacity - 1));
+  error[capacity - 1] = '\0';
+}
+
+}  // namespace
+
+#define LID_API __attribute__((visibility("default")))  // built with -fvisibility=hidden, as fastText's own
+
+extern "C" {
+
+// A model handle, or null with the reason in `error`.
+LID_API void* lid_load(const char* path, char* error, int64_t error_capacity) {
+  try {
+    auto model = std::make_unique<Model>();
+    model->fasttext.loadModel(std::string(path));
+    const fasttext::Args args = model->fasttext.getArgs();
+    if (args.model != fasttext::model_name::sup || args.wordNgrams != 1) {
+      write_error(error, error_capacity, "only supervised models with wordNgrams 1 (as lid.176) are supported");
+      return nullptr;
+    }
+    model->dict = model->fasttext.getDictionary();
+    model->subwords = std::make_unique<Subwords>(*model->dict, args);
+    return model.release();
+  } catch (const std::exception& e) {
+    write_error(error, error_capacity, e.what());
+    return nullptr;
+  }
+}
+
+LID_API void lid_free(void* handle) { delete static_cast<Model*>(handle); }
+
+LID_API int64_t lid_labels(void* handle) { return static_cast<Model*>(handle)->dict->nlabels(); }
+
+// Label i ("__label__en") into out; returns its length (written only when it fits, with a NUL).
+LID_API int64_t lid_label(void* handle, int64_t i, char* out, int64_t capacity) {
+  const std::string label = static_cast<Model*>(handle)->dict->getLabel(static_cast<int32_t>(i));
+  if (static_cast<int64_t>(label.size()) < capacity) std::memcpy(out, label.c_str(), label.size() + 1);
+  return static_cast<int64_t>(label.size());
+}
+
+// Cache counters: {entries now, clears, hits, misses, words too long to cache} since the load.
+LID_API void lid_cache_stats(void* handle, int64_t* out) { static_cast<Model*>(handle)->cache.stats(out); }
+
+// For each of the n strings (data[offsets[i]:offsets[i+1]], valid UTF-8), the top k labels (index, or -1
+// where fewer) into labels[n * k] and their probabilities std::exp(log-prob) into probs[n * k] (0 where
+// none), as pybind's multilinePredict(line, k, 0.0) gives them. Returns 0, or -1 with `error` set.
+LID_API int64_t lid_predict(void* handle, const uint8_t* data, const int64_t* offsets, int64_t n, int64_t max_chars, int32_t k,
+                    int32_t* labels, float* probs, char* error, int64_t error_capacity) {
+  Model& model = *static_cast<Model*>(handle);
+  try {
+    for (int64_t i = 0; i < n; ++i) {
+      const unsigned char* p = data + offsets[i];
+      const unsigned char* end = prefix_end(p, data + offsets[i + 1], max_chars);
+      model.ids.clear();
+      while (p < end) {
+        size_t skip;
+        while (p < end && (skip = separator(p, end)) != 0) p += skip;
+        const unsigned char* start = p;
+        while (p < end && separator(p, end) == 0) ++p;
+        if (p == start) break;
+        const std::string_view word(reinterpret_cast<const char*>(start), static_cast<size_t>(p - start));
+        model.cache.append(*model.subwords, word, model.ids);
+        if (word == fasttext::Dictionary::EOS) break;  // getLine stops at an end-of-sentence token
+      }
+      model.predictions.clear();
+      model.fasttext.predict(k, model.ids, model.predictions, 0.0);  // nothing when ids is empty
+      for (int32_t j = 0; j < k; ++j) {
+        const bool has = j < static_cast<int32_t>(model.predictions.size());
+        labels[i * k + j] = has ? model.predictions[j].second : -1;
+        probs[i * k + j] = has ? std::exp(model.predictions[j].first) : 0.0f;
+      }
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    write_error(error, error_capacity, e.what());
+    return -1;
+  }
+}
+
+}  // extern "C"
