@@ -336,7 +336,10 @@ class Pack(Sink):
 
     def _params(self, context: SinkContext) -> PackParams:
         if not hasattr(self, "_encoder"):  # the driver's finish step: no worker set this sink up there
-            self.setup()
+            # It needs the ids, the dtype and the file's hash, never an encode: HF tokenizers alone (0.2
+            # CPU-s), not fastokens and the parity check besides (1.2-1.5 CPU-s and about 80 MB on the
+            # driver at the end of a Ray run, bench/bench_peer.py). Both backends give the same ids.
+            self._encoder = Encoder(self.config.tokenizer, self.config.dtype, backend="tokenizers")
         return PackParams(out=str(self.config.out or context.output_dir), seq_len=self.config.seq_len,
                           strategy=self.config.strategy, window=self.config.window, dtype=self._encoder.dtype.name, sep_id=self._encoder.sep_id,
                           pad_id=self._encoder.pad_id, tokenizer_sha256=self._encoder.sha256)
