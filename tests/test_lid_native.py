@@ -104,7 +104,7 @@ def test_word_cache_is_bounded_and_cleared(stage):
     before = stage._native.cache_stats()
     assert_same(stage, text, 1)
     after = stage._native.cache_stats()
-    assert after["clears"] > before["clears"] and after["entries"] <= 65_536
+    assert after["clears"] > before["clears"] and after["entries"] <= 32_768
 
 
 def test_stage_output_same_with_and_without_native(stage):
