@@ -77,7 +77,11 @@ def main() -> None:
               "stages": "lid, gopher_repetition, gopher_quality, c4, fineweb, minhash dedup, tokenization",
               "kept_docs": stats["output"]["kept_docs"]}
     for executor, run in ours.items():
+        # CPU-seconds per MB of input text of each stage (stats.json: the stage's own calls, summed over
+        # its workers; reading, writing and start-up are the rest of the run)
+        per_stage = {s["name"]: round(s["cpu_s"] / text_mb, 4) for s in run["stats"]["stages"]}
         report[f"curation_{executor}"] = {**row(run["measured"]), "tokens_incl_separators": run["tokens"],
+                                          "stage_cpu_s_per_mb": per_stage,
                                           "pss_at_peak_mb": run["measured"]["pss_at_peak_mb"]}
     report["datatrove"] = {**row(theirs), "tokens_incl_eos": dt_tokens, "pss_at_peak_mb": theirs["pss_at_peak_mb"]}
     for executor, run in ours.items():

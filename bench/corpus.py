@@ -34,6 +34,8 @@ def parquet_corpus(total_mb: int, shards: int) -> list[Path]:
         return files
     folder.mkdir(parents=True, exist_ok=True)
     rows = real_texts()
+    if not rows:
+        raise SystemExit(f"no documents in {DATA}/*.jsonl.gz: point CURATION_TEST_DATA at the shared data")
     per_shard = total_mb * 1_000_000 // shards
     cursor, copy = 0, 0
     for path in files:
