@@ -23,6 +23,7 @@ Adds `lang` (ISO 639-1 where one exists, as lid.176 labels), `lang_score` and `l
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,8 @@ from curation.stages import lid_native
 from curation.stages.model_files import lid_model_path
 from curation.stage import TEXT, Stage, drop_rows, register_stage, set_column
 from curation.stages.lid_rules import english_evidence
+
+log = logging.getLogger(__name__)
 
 UNDETERMINED = "und"
 LINE_BREAKS = r"[\r\n\t\v\f\x{85}\x{2028}\x{2029}]+"
@@ -78,8 +81,12 @@ class LanguageID(Stage):
         self._model = fasttext.load_model(str(path)).f
         # The compiled predict where the setup built it (stages/lid_native.py): the same labels and scores
         # bit for bit (tests/test_lid_native.py), without a Python string per document.
-        lib = lid_native.library()
-        self._native = lid_native.NativeModel(lib, str(path)) if lib is not None else None
+        lib, self._native = lid_native.library(), None
+        if lib is not None:
+            try:
+                self._native = lid_native.NativeModel(lib, str(path))
+            except ValueError as error:  # a model it does not handle (word n-grams): the pybind path
+                log.warning("%s", error)
         labels = self._native.labels if self._native is not None else self._model.getLabels("strict")[0]
         # Labels by index, "und" last: predictions are indexes into these until the columns are built.
         self._codes = np.array([label[9:] for label in labels] + [UNDETERMINED], dtype=object)  # "__label__en" -> "en"
