@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +58,10 @@ class NativeModel:
         if not handle:
             raise ValueError(f"{path}: the compiled lid predict cannot use this model: {error.value.decode(errors='replace')}")
         self._lib, self._handle = lib, handle
+        # ctypes releases the GIL, and a handle has one word cache and one set of scratch vectors: two
+        # threads in lid_predict at once corrupt the heap. The pybind path held the GIL, so this costs
+        # nothing it had (the executors call a stage from one thread; a caller may use more).
+        self._lock = threading.Lock()
         labels = []
         for i in range(lib.lid_labels(handle)):
             size = lib.lid_label(handle, i, None, 0)
@@ -74,17 +79,26 @@ class NativeModel:
         """(label indexes int32 [n, k], -1 where fewer; probabilities float32 [n, k], 0 where none) of each
         document's first `max_chars` code points as one line. A null reads as the empty string (no label);
         the pybind path refuses nulls, and the reader never yields them (it fills them with "")."""
+        if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+            # Only these have the offsets buffers() reads (a string_view's views would send the kernel past
+            # its data); the pybind path's utf8_slice_codeunits takes no other type either.
+            raise ValueError(f"lid predict takes string or large_string text, not {text.type}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, not {k}")
         data, offsets = buffers(text)
         n = len(offsets) - 1
         labels = np.empty((n, k), np.int32)
         probs = np.empty((n, k), np.float32)
         error = ctypes.create_string_buffer(_ERROR_CAPACITY)
-        if self._lib.lid_predict(self._handle, data.address, offsets, n, max_chars, k, labels, probs, error,
-                                 _ERROR_CAPACITY) != 0:
+        with self._lock:
+            status = self._lib.lid_predict(self._handle, data.address, offsets, n, max_chars, k, labels, probs, error,
+                                           _ERROR_CAPACITY)
+        if status != 0:
             raise RuntimeError(f"lid predict failed: {error.value.decode(errors='replace')}")
         return labels, probs
 
     def cache_stats(self) -> dict[str, int]:
         out = np.zeros(5, np.int64)
-        self._lib.lid_cache_stats(self._handle, out)
+        with self._lock:
+            self._lib.lid_cache_stats(self._handle, out)
         return dict(zip(("entries", "clears", "hits", "misses", "long_words"), out.tolist()))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -121,3 +123,42 @@ def test_stage_output_same_with_and_without_native(stage):
         assert compiled.column(name).to_pylist() == expected.column(name).to_pylist()
     assert compiled.column("lang_score").to_numpy().view(np.uint32).tolist() == \
         expected.column("lang_score").to_numpy().view(np.uint32).tolist()
+
+
+def test_types_other_than_string_are_refused(stage):
+    """A string_view array has no int32 offsets: read as if it had, its views sent the kernel past the
+    data buffer. The pybind path refuses such arrays too (utf8_slice_codeunits has no kernel for them)."""
+    for text in (pa.array(["the house is red"], pa.string_view()), pa.array(["the house"]).dictionary_encode(),
+                 pa.array([b"the house"])):
+        with pytest.raises(ValueError, match="string"):
+            stage._native.predict(text, 2000, 1)
+    with pytest.raises(ValueError, match="k"):
+        stage._native.predict(pa.array(["the house"]), 2000, 0)
+
+
+CONCURRENT = """
+import threading, numpy as np, pyarrow as pa
+from curation.stage import build_stage
+stage = build_stage({"name": "lid"}); stage.setup()
+model = stage._native
+words = [f"w{i:06d}é" for i in range(60_000)]
+text = pa.array([" ".join(words[i:i + 60]) + " the house is red" for i in range(0, len(words), 60)])
+expected = model.predict(text, 2000, 2)
+same = []
+def work():
+    for _ in range(6):
+        labels, probs = model.predict(text, 2000, 2)
+        same.append(np.array_equal(labels, expected[0]) and np.array_equal(probs, expected[1]))
+threads = [threading.Thread(target=work) for _ in range(2)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+assert all(same) and len(same) == 12, same
+"""
+
+
+def test_two_threads_on_one_model():
+    """ctypes releases the GIL, and a handle has one word cache and one set of scratch vectors: two threads
+    predicting on the same model at once corrupted the heap (abort or SIGSEGV; the pybind path held the
+    GIL). In a subprocess, so that a crash fails this test instead of ending the run."""
+    result = subprocess.run([sys.executable, "-c", CONCURRENT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
