@@ -88,7 +88,8 @@ def main() -> None:
         report[f"speedup_{executor}"] = round(theirs["seconds"] / run["measured"]["seconds"], 2)
         report[f"peak_pss_ratio_{executor}"] = round(run["measured"]["peak_pss"] / theirs["peak_pss"], 2)
     print(json.dumps(report, indent=2))
-    (REPO / "bench" / "results" / "peer.json").write_text(json.dumps(report, indent=2) + "\n")
+    name = "peer.json" if args.mb == 56 else f"peer_{args.mb}mb.json"  # the default size keeps its old name
+    (REPO / "bench" / "results" / name).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
