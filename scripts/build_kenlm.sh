@@ -93,7 +93,11 @@ build_kernel minhash "$STAGES_DIR/minhash_kernels.cc" "minhash kernel"
 # main.cc) from the sdist of the version the `lid` extra pins, so its floats are fastText's. Flags as
 # fastText's setup.py, without -march=native, and no FMA contraction. Rebuilt when our source, the
 # version or the flags change. Without it the lid stage calls the fasttext module (stages/lid_native.py).
-FASTTEXT_VERSION="$(grep -o 'fasttext==[0-9.]*' "$STAGES_DIR/../pyproject.toml" | head -1 | cut -d= -f3)"
+FASTTEXT_VERSION="$( (grep -o 'fasttext==[0-9.]*' "$STAGES_DIR/../pyproject.toml" || true) | head -1 | cut -d= -f3)"
+if [[ -z "$FASTTEXT_VERSION" ]]; then
+  echo "kenlm: pyproject.toml pins no fasttext==VERSION: cannot tell which fastText sources the lid predict needs" >&2
+  exit 1
+fi
 LID_FLAGS="-O3 -funroll-loops -pthread -std=c++17 -ffp-contract=off -DNDEBUG -fPIC -fvisibility=hidden"
 lid_stamp="$( (cat "$STAGES_DIR/lid_kernels.cc"; echo "fasttext $FASTTEXT_VERSION $LID_FLAGS") | sha256sum | cut -c1-16)"
 if [[ "$(cat "$DEST/lib/lid.sha256" 2>/dev/null)" != "$lid_stamp" || ! -f "$DEST/lib/libcuration_lid.so" ]]; then
@@ -103,6 +107,10 @@ if [[ "$(cat "$DEST/lib/lid.sha256" 2>/dev/null)" != "$lid_stamp" || ! -f "$DEST
   echo "kenlm: building the lid predict with fastText $FASTTEXT_VERSION (about 30 s of CPU)"
   "$PYTHON" -m pip download --quiet --no-deps --no-binary fasttext "fasttext==$FASTTEXT_VERSION" -d "$lid_work" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+  if [[ ! -f "$lid_work/fasttext-$FASTTEXT_VERSION.tar.gz" ]]; then
+    echo "kenlm: could not download the fasttext $FASTTEXT_VERSION sdist from PyPI (the lid predict is built from it)" >&2
+    exit 1
+  fi
   tar -xzf "$lid_work/fasttext-$FASTTEXT_VERSION.tar.gz" -C "$lid_work"
   fasttext_src="$lid_work/fasttext-$FASTTEXT_VERSION/src"
   mkdir -p "$lid_work/obj"
