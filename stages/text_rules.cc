@@ -175,9 +175,55 @@ struct Strings {
   bool equals(const uint8_t* s, int64_t b, int64_t e) const {
     for (int64_t k = 0; k < n; ++k) {
       int64_t len = off[k + 1] - off[k];
-      if (len == e - b && std::memcmp(s + b, data + off[k], static_cast<size_t>(len)) == 0) return true;
+      // Compared in line: the entries are a few bytes long, cheaper to compare than to call memcmp for.
+      if (len != e - b) continue;
+      int64_t i = 0;
+      while (i < len && s[b + i] == data[off[k] + i]) ++i;
+      if (i == len) return true;
     }
     return false;
+  }
+};
+
+// A word list to look words up in (gopher_quality's stop words). The words' lengths and first bytes
+// turn most words away; entries of at most 8 bytes are then compared as one 64-bit number each (their
+// bytes, little-endian), with no branch per byte; longer ones byte for byte.
+struct WordSet {
+  Strings words;
+  uint64_t lengths = 0;  // bit k: some entry is k bytes long (k < 64)
+  bool long_entry = false, over_eight = false;
+  bool first[256] = {};
+  std::vector<uint64_t> packed;
+  std::vector<int64_t> packed_length;
+
+  static uint64_t pack(const uint8_t* p, int64_t len) {  // len <= 8
+    uint64_t w = 0;
+    for (int64_t i = 0; i < len; ++i) w |= uint64_t{p[i]} << (8 * i);
+    return w;
+  }
+
+  explicit WordSet(const Strings& w) : words(w) {
+    for (int64_t k = 0; k < w.n; ++k) {
+      const int64_t len = w.off[k + 1] - w.off[k];
+      if (len >= 64) long_entry = true;
+      else lengths |= uint64_t{1} << len;
+      if (len > 0) first[w.data[w.off[k]]] = true;
+      if (len > 8) {
+        over_eight = true;
+      } else {
+        packed.push_back(pack(w.data + w.off[k], len));
+        packed_length.push_back(len);
+      }
+    }
+  }
+  bool has(const uint8_t* s, int64_t b, int64_t e) const {  // e > b
+    const int64_t len = e - b;
+    if (!first[s[b]] || !(len < 64 ? (lengths >> len) & 1 : long_entry)) return false;
+    if (len > 8) return over_eight && words.equals(s, b, e);
+    const uint64_t w = pack(s + b, len);
+    bool hit = false;
+    for (size_t k = 0; k < packed.size(); ++k) hit |= (packed[k] == w) & (packed_length[k] == len);
+    return hit;
   }
 };
 
@@ -185,8 +231,14 @@ struct Strings {
 inline int64_t count_substring(const uint8_t* s, int64_t b, int64_t e, const uint8_t* p, int64_t m) {
   if (m == 0) return 0;
   int64_t n = 0;
+  // memchr finds the candidate first bytes far faster than a byte loop (most text holds few of them).
   for (int64_t i = b; i + m <= e;) {
-    if (s[i] == p[0] && std::memcmp(s + i, p, static_cast<size_t>(m)) == 0) {
+    const void* hit = std::memchr(s + i, p[0], static_cast<size_t>(e - m - i + 1));
+    if (hit == nullptr) break;
+    i = static_cast<const uint8_t*>(hit) - s;
+    int64_t k = 1;  // patterns are a few bytes: compared in line rather than by a call to memcmp
+    while (k < m && s[i + k] == p[k]) ++k;
+    if (k == m) {
       ++n;
       i += m;
     } else {
@@ -229,7 +281,8 @@ inline void for_words(const uint8_t* s, int64_t b, int64_t e, bool cjk, const ui
   uint16_t classes = 0;
   for (int64_t i = b; i < e;) {
     int64_t at = i;
-    uint16_t c = cls[decode(s, i, e)];
+    // ASCII, most of the bytes of most documents, without the general decoder's branches.
+    uint16_t c = s[i] < 0x80 ? cls[s[i++]] : cls[decode(s, i, e)];
     bool space = c & SPACE, single = cjk && (c & CJK);
     if ((space || single) && word_begin >= 0) {
       f(word_begin, at, chars, classes);
@@ -413,26 +466,26 @@ int64_t tr_quality(const uint8_t* data, const int64_t* offsets, int64_t n_docs, 
                    const int64_t* bullet_o, int64_t bullet_n, const uint8_t* ellipsis_d, const int64_t* ellipsis_o,
                    int64_t ellipsis_n, const uint8_t* symbol_d, const int64_t* symbol_o, int64_t symbol_n,
                    int64_t* out) {
-  const Strings stop{stop_d, stop_o, stop_n}, cstop{cstop_d, cstop_o, cstop_n}, bullets{bullet_d, bullet_o, bullet_n},
-      ellipses{ellipsis_d, ellipsis_o, ellipsis_n};
+  const Strings bullets{bullet_d, bullet_o, bullet_n}, ellipses{ellipsis_d, ellipsis_o, ellipsis_n};
+  const WordSet stop(Strings{stop_d, stop_o, stop_n}), cstop(Strings{cstop_d, cstop_o, cstop_n});
   for (int64_t doc = 0; doc < n_docs; ++doc) {
     const int64_t start = offsets[doc], stop_at = offsets[doc + 1];
     const bool cjk = cjk_doc[doc] != 0;
-    const Strings& stops = cjk ? cstop : stop;
+    const WordSet& stops = cjk ? cstop : stop;
     int64_t* o = out + doc * 8;
     std::fill(o, o + 8, 0);
     for_words(data, start, stop_at, cjk, cls, [&](int64_t b, int64_t e, int64_t chars, uint16_t classes) {
       ++o[0];
       o[1] += chars;
       o[6] += (classes & LETTER) != 0;
-      o[7] += stops.equals(data, b, e);
+      o[7] += stops.has(data, b, e);
     });
     for (int64_t k = 0; k < symbol_n; ++k) {
       o[2] += count_substring(data, start, stop_at, symbol_d + symbol_o[k], symbol_o[k + 1] - symbol_o[k]);
     }
     for (int64_t piece = start;;) {
-      int64_t end = piece;
-      while (end < stop_at && data[end] != '\n') ++end;
+      const void* newline = std::memchr(data + piece, '\n', static_cast<size_t>(stop_at - piece));
+      const int64_t end = newline ? static_cast<const uint8_t*>(newline) - data : stop_at;
       int64_t b = piece, e = end;
       trim(data, b, e, cls, TRIM);
       o[3] += e > b;
