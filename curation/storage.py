@@ -163,13 +163,15 @@ def describe_store(location: str | Path) -> str:
 
 def _hint(message: str) -> str:
     lowered = message.lower()
+    # A connection that failed never reached the store's checks: asked first. "403" as a whole number
+    # only: an endpoint's port (127.0.0.1:54031) named in the message once read as a refusal.
+    if any(word in lowered for word in ("network_connection", "could not resolve", "connection refused",
+                                        "couldn't connect", "could not connect", "timed out", "timeout")):
+        return "; is the store reachable from here (AWS_ENDPOINT_URL for an S3-compatible server)?"
     if any(word in lowered for word in ("access_denied", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch",
-                                        "credential", "forbidden", "403", "unauthorized")):
+                                        "credential", "forbidden", "unauthorized")) or re.search(r"\b403\b", lowered):
         return "; check the store's credentials in this environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, " \
                "AWS_PROFILE, the machine's role, GOOGLE_APPLICATION_CREDENTIALS)"
-    if any(word in lowered for word in ("network_connection", "could not resolve", "connection refused",
-                                        "couldn't connect", "timed out", "timeout")):
-        return "; is the store reachable from here (AWS_ENDPOINT_URL for an S3-compatible server)?"
     if "nosuchbucket" in lowered or "bucket" in lowered and "not found" in lowered or "does not exist" in lowered:
         return "; does the bucket exist?"
     return ""

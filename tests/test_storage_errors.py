@@ -39,3 +39,15 @@ def test_a_final_error_is_raised_at_the_first_attempt() -> None:
     with pytest.raises(storage.StorageError, match="bucket does not exist"):
         storage._retry(upload, "s3://missing/key", "upload it")
     assert calls == [1]
+
+
+@pytest.mark.parametrize("message, hint", [
+    # a closed port whose number holds "403": a connection failure, not a refusal (seen in a test run)
+    ("When listing objects under key 'in/' in bucket 'b': AWS Error NETWORK_CONNECTION during ListObjectsV2 "
+     "operation: curlCode: 7, Could not connect to server; Details: Failed to connect to 127.0.0.1:54031", "reachable"),
+    ("AWS Error UNKNOWN (HTTP status 403) during HeadObject operation: No response body.", "credentials"),
+    ("AWS Error ACCESS_DENIED during PutObject operation: Access Denied", "credentials"),
+    ("An error occurred (NoSuchBucket) when calling the PutObject operation", "bucket exist"),
+])
+def test_the_hint_names_the_likely_cause(message: str, hint: str) -> None:
+    assert hint in storage._hint(message)
