@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import threading
 
 import numpy as np
 import pyarrow as pa
 
-from curation.stages.text_rules_native import buffers
-from curation.stages.text_rules_native import library_path as _rules_library_path
+from curation.stages.text_rules_native import buffers, load_library
 
 LIBRARY = "libcuration_lid.so"
 _I64, _I32, _F32 = (np.ctypeslib.ndpointer(t, flags="C_CONTIGUOUS") for t in (np.int64, np.int32, np.float32))
@@ -29,10 +27,9 @@ _ERROR_CAPACITY = 512
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled predict, or None where the setup has not built it or CURATION_LID_NATIVE=0."""
-    path = _rules_library_path().with_name(LIBRARY)
-    if os.environ.get("CURATION_LID_NATIVE", "1") == "0" or not path.exists():
+    lib = load_library(LIBRARY, "CURATION_LID_NATIVE")
+    if lib is None:
         return None
-    lib = ctypes.CDLL(str(path))
     lib.lid_load.restype = ctypes.c_void_p
     lib.lid_load.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int64]
     lib.lid_free.restype = None
@@ -79,10 +76,6 @@ class NativeModel:
         """(label indexes int32 [n, k], -1 where fewer; probabilities float32 [n, k], 0 where none) of each
         document's first `max_chars` code points as one line. A null reads as the empty string (no label);
         the pybind path refuses nulls, and the reader never yields them (it fills them with "")."""
-        if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
-            # Only these have the offsets buffers() reads (a string_view's views would send the kernel past
-            # its data); the pybind path's utf8_slice_codeunits takes no other type either.
-            raise ValueError(f"lid predict takes string or large_string text, not {text.type}")
         if k < 1:
             raise ValueError(f"k must be >= 1, not {k}")
         data, offsets = buffers(text)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 
 import numpy as np
 
-from curation.stages.text_rules_native import library_path as _rules_library_path
+from curation.stages.text_rules_native import load_library
 
 LIBRARY = "libcuration_minhash.so"
 _U32, _I64 = (np.ctypeslib.ndpointer(t, flags="C_CONTIGUOUS") for t in (np.uint32, np.int64))
@@ -22,10 +21,9 @@ _U32, _I64 = (np.ctypeslib.ndpointer(t, flags="C_CONTIGUOUS") for t in (np.uint3
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, or None where the setup has not built it or CURATION_MINHASH_NATIVE=0."""
-    path = _rules_library_path().with_name(LIBRARY)
-    if os.environ.get("CURATION_MINHASH_NATIVE", "1") == "0" or not path.exists():
+    lib = load_library(LIBRARY, "CURATION_MINHASH_NATIVE")
+    if lib is None:
         return None
-    lib = ctypes.CDLL(str(path))
     lib.mh_signatures.restype = ctypes.c_int64
     lib.mh_signatures.argtypes = [_U32, _I64, ctypes.c_int64, _U32, _U32, ctypes.c_int64, _U32, ctypes.c_int64]
     return lib

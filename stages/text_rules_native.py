@@ -26,13 +26,21 @@ def library_path() -> Path:
     return Path(os.environ.get("CURATION_KENLM_DIR", Path.home() / ".cache" / "curation" / "kenlm")) / "lib" / LIBRARY
 
 
+def load_library(name: str, switch: str) -> ctypes.CDLL | None:
+    """One of the setup's compiled libraries (beside this one, CURATION_KENLM_DIR/lib/NAME), or None where
+    the setup has not built it or the environment variable `switch` is 0: the caller's Python path runs."""
+    path = library_path().with_name(name)
+    if os.environ.get(switch, "1") == "0" or not path.exists():
+        return None
+    return ctypes.CDLL(str(path))
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None where the setup has not built them or CURATION_RULES_NATIVE=0."""
-    path = library_path()
-    if os.environ.get("CURATION_RULES_NATIVE", "1") == "0" or not path.exists():
+    lib = load_library(LIBRARY, "CURATION_RULES_NATIVE")
+    if lib is None:
         return None
-    lib = ctypes.CDLL(str(path))
     lib.tr_repetition.restype = ctypes.c_int64
     lib.tr_repetition.argtypes = [ctypes.c_void_p, _I64, ctypes.c_int64, _U8, _U8, _I32, ctypes.c_int64, ctypes.c_int32,
                                   ctypes.c_int32, _I64, _I64, _I64]
@@ -50,6 +58,10 @@ def buffers(text: pa.Array) -> tuple[pa.Buffer, np.ndarray]:
     """(UTF-8 bytes, int64 offsets into them) of a string array, nulls as empty strings."""
     if isinstance(text, pa.ChunkedArray):
         text = text.combine_chunks()
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        # Only these have an offsets buffer: a string_view's views read as offsets would send a kernel
+        # past its data (the Arrow functions of the Python paths take no other type either).
+        raise ValueError(f"the compiled kernels take string or large_string text, not {text.type}")
     if text.null_count:
         text = pc.fill_null(text, "")
     width = np.int64 if pa.types.is_large_string(text.type) else np.int32
