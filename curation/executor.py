@@ -20,9 +20,7 @@ starves (see bench/bench_overhead.py for the measured overhead against a plain p
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import gc
 import hashlib
 import json
 import logging
@@ -31,7 +29,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-import pyarrow as pa
 from tqdm import tqdm
 
 from curation import storage
@@ -39,6 +36,7 @@ from curation.config import ExecutorConfig, PipelineConfig
 from curation.embedded_ray import start_embedded
 from curation.errors import CurationError, ShardFailure
 from curation.io import Shard, list_shards, write_json_atomic
+from curation.memory import release_memory, tune_allocator
 from curation.output_folder import OutputFolderError, check_not_inputs, check_writable_here, remove_run_outputs
 from curation.pipeline import DOCUMENTS, DocumentsSink, Layout, Segment, ShardProcessor, plan_segments
 from curation.sink import FinishContext, Sink, split_sinks
@@ -343,37 +341,6 @@ class RayBackend:
         return results
 
 
-def tune_allocator() -> None:
-    """Less memory kept back by the allocators of a process that runs stages (measured on the bench
-    corpus, bench/bench_peer.py; speed the same within this machine's drift there and in
-    bench/bench_overhead.py):
-
-    - Arrow's buffers from the C heap (malloc) instead of its default mimalloc pool, unless the user
-      chose a pool (ARROW_DEFAULT_MEMORY_POOL): mimalloc keeps what a batch freed in per-thread
-      segments; a rule-filter pass peaked 50 MB higher with it (a noop pass 80 MB).
-    - At most two malloc arenas (unless MALLOC_ARENA_MAX is set): Arrow's and the tokenizer's threads
-      each got an arena of their own, and each arena keeps its freed pages: the packing pass of
-      `executor: local` peaked about 35 MB higher."""
-    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        pa.set_memory_pool(pa.system_memory_pool())
-    if not os.environ.get("MALLOC_ARENA_MAX"):
-        try:
-            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
-        except (OSError, AttributeError):  # not glibc
-            pass
-
-
-def _release_memory() -> None:
-    """Hand freed memory back to the system (Python's garbage, Arrow's pool, the C heap): the process
-    stays in the pool and would otherwise keep a task's peak while later steps need the memory."""
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def _grouped(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` as one task: the data files it commits are flushed to disk together (storage.grouped_flush)."""
     @functools.wraps(fn)
@@ -406,7 +373,7 @@ class StageWorker:
 
     def unload(self) -> None:
         self.processor = None
-        _release_memory()
+        release_memory()
 
     def process(self, shard: Shard) -> dict[str, Any]:
         assert self.processor is not None, "load() first"
@@ -424,7 +391,7 @@ class StageWorker:
         the memory the last one freed, so the peak is about the same; the release itself (a full garbage
         collection and malloc_trim: 80-110 ms in the driver of the same run) after each of the 130 small
         tasks of bench_peer's minhash aggregate made it 5.2 s on Ray against 2.3 s in one process."""
-        _release_memory()
+        release_memory()
 
 
 def make_backend(config: ExecutorConfig) -> LocalBackend | RayBackend:
@@ -623,7 +590,7 @@ def _run_aggregate(backend, segment: Segment, shards: list[Shard], layout: Layou
     started = time.perf_counter()
     result = stage.aggregate(ctx)
     write_json_atomic(marker, {"result": result, "wall_s": time.perf_counter() - started})
-    _release_memory()  # the driver's share of the aggregate (components, say) before the next pass
+    release_memory()  # the driver's share of the aggregate (components, say) before the next pass
 
 
 def _run_finish(backend, key: str, sink: Sink, shards: list[Shard], layout: Layout, bad: dict[int, str],
@@ -638,4 +605,4 @@ def _run_finish(backend, key: str, sink: Sink, shards: list[Shard], layout: Layo
     result = sink.finish(FinishContext(**vars(context), shards=tuple(s for s in shards if s.index not in bad),
                                        map_fn=backend.map))
     write_json_atomic(marker, {"result": result, "wall_s": time.perf_counter() - started})
-    _release_memory()
+    release_memory()

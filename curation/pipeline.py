@@ -23,6 +23,7 @@ from curation import storage
 from curation.config import InputConfig
 from curation.errors import CurationError, ShardFailure
 from curation.io import AtomicParquetWriter, InputError, OutputError, Shard, read_parquet_batches, read_shard, write_json_atomic
+from curation.memory import TRIM_EVERY_BYTES, trim_heap
 from curation.output_schema import publish_one_schema
 from curation.sink import FinishContext, Sink, SinkContext, SinkWriter
 from curation.stage import DROP_REASON, ID, TEXT, BatchPosition, GlobalStage, Stage, live_mask, text_bytes
@@ -248,6 +249,7 @@ class ShardProcessor:
             if segment.apply_global:
                 segment.apply_global[1].prepare(layout.global_dir(segment.apply_global[0]), shard.index)
             row_offset = 0
+            since_trim = 0  # bytes of batches since the last trim_heap()
             for batch in batches:
                 position = BatchPosition(shard.index, shard.name, row_offset)
                 if segment.is_first:
@@ -272,6 +274,10 @@ class ShardProcessor:
                     self._run_sink(stats, key, sink, lambda: writer.write(batch))
                 last_schema = batch.schema
                 row_offset += batch.num_rows
+                since_trim += batch.nbytes
+                if since_trim >= TRIM_EVERY_BYTES:
+                    trim_heap()
+                    since_trim = 0
                 if self.on_progress is not None:
                     self.on_progress(shard, input_counts["position"])
             for key, sink, writer in opened:
@@ -312,6 +318,9 @@ class ShardProcessor:
             for writer in writers:
                 writer.abort()
             raise
+        # The shard's freed buffers go back before the next shard (curation.memory): without this, an
+        # actor of the packing pass grew by 50-90 MB a shard on the bench corpus.
+        trim_heap()
         stats.wall_s = time.perf_counter() - wall0
         stats.cpu_s = time.process_time() - cpu0
         result = {"stats": stats.to_dict()}

@@ -21,7 +21,7 @@ an Encoder costs about 1.6 CPU-seconds (loading both tokenizers, 1.4 s, and the 
 (bench/bench_tokenizer.py `encode`, bench/results/tokenizer_encode.json).
 
 Memory: with fastokens, the HF tokenizer is freed after the parity check (`tokenizer` loads it again
-for `decode`), the pages freed by parsing the file are given back (`release_freed_memory`), and the
+for `decode`), the pages freed by parsing the file are given back (`curation.memory.trim_heap`), and the
 fastokens tokenizer is built again every FAST_RENEW_CHARS characters, as its word cache has no bound.
 Building an Encoder of a 65,536-id file adds 78 MB of private memory to a process (124 MB when both
 tokenizers were held; 63 MB for HF tokenizers alone); encoding then adds fastokens' cache, about 3.3
@@ -34,7 +34,6 @@ FASTOKENS_BPE_THREADS, which is set to RAYON_NUM_THREADS where that is set and i
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import itertools
 import logging
@@ -47,6 +46,7 @@ from tokenizers import Tokenizer
 
 from curation import storage
 from curation.errors import CurationError
+from curation.memory import trim_heap
 from curation.tokenizer import parity_sample
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,9 @@ class Encoder:
         theirs = self._hf_chunk(texts)
         hf, self._hf = self._hf, None
         del hf
-        release_freed_memory()
+        # glibc keeps the pages of the freed parse tree in the process, where numpy's and Arrow's large
+        # buffers (their own mappings) never reuse them: every worker held them for its whole life
+        trim_heap()
         try:
             # the bytes already read and hashed, as tokenizers got them (not from_file: what it may
             # read beside the file, such as the tokenizer_config.json written for transformers, is
@@ -174,7 +176,7 @@ class Encoder:
         except Exception as exc:  # an unsupported model, normalizer, pre-tokenizer or regex
             return None, f"fastokens cannot load {storage.basename(self.path)}: {type(exc).__name__}: {exc}"
         finally:
-            release_freed_memory()
+            trim_heap()
         try:
             size = fast.vocab_size
             if size != self.vocab_size:
@@ -193,10 +195,10 @@ class Encoder:
         import fastokens  # optional, as in _load_fastokens: only an Encoder that passed the check renews
 
         self._fast = None
-        release_freed_memory()
+        trim_heap()
         self._fast = fastokens.Tokenizer.from_json_str(self._json)
         self._fast_chars = 0
-        release_freed_memory()
+        trim_heap()
 
     @staticmethod
     def _fast_chunk(fast, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -260,19 +262,6 @@ class Encoder:
 
     def decode(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
-
-
-def release_freed_memory() -> None:
-    """Give the C heap's free pages back to the system (glibc's `malloc_trim`; nothing elsewhere).
-
-    Loading a tokenizer.json parses it into a tree that is freed right after (about 35 MB for 65,536
-    ids, in tokenizers and in fastokens alike); glibc keeps those pages in the process, where numpy's
-    and Arrow's large buffers (their own mappings and pools) never reuse them, so every worker held them
-    for its whole life."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def first_difference(texts: list[str], ours: tuple[np.ndarray, np.ndarray],
