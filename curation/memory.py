@@ -26,9 +26,11 @@ import pyarrow as pa
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
 # Allocations of at least this many bytes get a mapping of their own, given back when freed. glibc's
 # default starts at 128 KiB and moves up to the largest block freed (up to 32 MiB), after which such
-# blocks come from the heap and stay in the process when freed. Fixed at 4 MiB, the peak of the bench's
-# runs fell from 1,079-1,098 to 1,029-1,031 MB on Ray and 463 to 439 MB in one process (56 MB, one run
-# each); at 1 MiB the MinHash and C4 stages got slower on 500 MB (mapping and zeroing pages each time).
+# blocks come from the heap and stay in the process when freed. Measured with the trims below on the
+# bench's stages (bench/bench_peer.py's pipeline, 8 shards, one process, 2026-11-30, three rounds
+# each on 200 MB): peak PSS 595-605 MB fixed at 4 MiB against 661-671 MB before (616-657 MB with
+# only a trim after each shard), for 0.6 M more page faults, 1.2-1.9 s more system time, 3-5% of the run's CPU.
+# At 1 MiB the MinHash and C4 stages got slower on 500 MB (mapping and zeroing pages each time).
 MMAP_THRESHOLD_BYTES = 4 << 20
 # Text a shard processor reads between two `trim_heap()` calls.
 TRIM_EVERY_BYTES = 16 << 20
