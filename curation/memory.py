@@ -1,13 +1,15 @@
 """The memory a process that runs stages keeps: how its allocators are set, and handing freed pages back.
 
-What a run's processes hold at their peak is mostly not live data: on the bench corpus (56 MB,
+What a run's processes held at their peak was mostly not live data: on the bench corpus (56 MB,
 `bench/bench_peer.py`, `executor: local`) memray saw 118-170 MB live at the peak of a process whose
-PSS was 480-500 MB; the rest was about 60 MB of libraries and pages glibc had freed but kept, which
-the next batch's large buffers (their own mappings) did not reuse. Hence three calls:
+PSS was 480-500 MB; the rest was about 60 MB of libraries, Arrow's mimalloc pool (the pool of its C++
+code, which `pa.set_memory_pool` does not reach) and pages glibc had freed but kept. Hence:
 
+- Arrow's C++ pool is the C heap: `curation/__init__.py` sets ARROW_DEFAULT_MEMORY_POOL before pyarrow
+  loads, which is the only time Arrow reads it;
 - `tune_allocator()` once, where a process starts running stages;
 - `trim_heap()` (glibc's `malloc_trim`, 2-4 ms on a stage process) often: after loading a tokenizer,
-  every `TRIM_EVERY_BYTES` of a shard's text and when a shard ends (`curation.pipeline`);
+  every `TRIM_EVERY_BYTES` of a shard's batches and when a shard ends (`curation.pipeline`);
 - `release_memory()` (a full garbage collection, Arrow's pool and `malloc_trim`: 40-110 ms) once between
   passes and aggregate steps.
 
@@ -52,14 +54,15 @@ def tune_allocator() -> None:
     corpus, bench/bench_peer.py; speed the same within this machine's drift there and in
     bench/bench_overhead.py). Each setting is left alone where the user set it in the environment.
 
-    - Arrow's buffers from the C heap (malloc) instead of its default mimalloc pool: mimalloc keeps
-      what a batch freed in per-thread segments; a rule-filter pass peaked 50 MB higher with it (a noop
-      pass 80 MB). (ARROW_DEFAULT_MEMORY_POOL)
+    - pyarrow's own buffers from the C heap too (`pa.set_memory_pool`), as its C++ code's are
+      (ARROW_DEFAULT_MEMORY_POOL, curation/__init__.py); this one also where pyarrow was loaded before
+      curation, too late for the variable: mimalloc keeps what a batch freed in per-thread segments, and
+      a rule-filter pass peaked 50 MB higher with it (a noop pass 80 MB).
     - At most two malloc arenas: Arrow's and the tokenizer's threads each got an arena of their own,
       and each arena keeps its freed pages: the packing pass of `executor: local` peaked about 35 MB
       higher. (MALLOC_ARENA_MAX)
     - A fixed mmap threshold, MMAP_THRESHOLD_BYTES. (MALLOC_MMAP_THRESHOLD_)"""
-    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system":
         pa.set_memory_pool(pa.system_memory_pool())
     if _LIBC is None:
         return
