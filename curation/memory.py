@@ -28,11 +28,12 @@ import pyarrow as pa
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
 # Allocations of at least this many bytes get a mapping of their own, given back when freed. glibc's
 # default starts at 128 KiB and moves up to the largest block freed (up to 32 MiB), after which such
-# blocks come from the heap and stay in the process when freed. Measured with the trims below on the
-# bench's stages (bench/bench_peer.py's pipeline, 8 shards, one process, 2026-11-30, three rounds
-# each on 200 MB): peak PSS 595-605 MB fixed at 4 MiB against 661-671 MB before (616-657 MB with
-# only a trim after each shard), for 0.6 M more page faults, 1.2-1.9 s more system time, 3-5% of the run's CPU.
-# At 1 MiB the MinHash and C4 stages got slower on 500 MB (mapping and zeroing pages each time).
+# blocks come from the heap and stay in the process when freed. Measured with Arrow on the C heap and
+# the trims below (bench/bench_peer.py's pipeline, 8 shards, 2026-12-01): one process on 200 MB peaked
+# at 298 MB of PSS fixed at 4 MiB against 317-325 MB with glibc's default, for 0.3 M more page faults
+# and 0.6 s more system time (2% of the run's CPU); the embedded Ray run on 56 MB at 974-977 MB
+# against 1,005-1,012 MB. At 1 MiB the MinHash and C4 stages got slower on 500 MB (mapping and zeroing
+# pages each time).
 MMAP_THRESHOLD_BYTES = 4 << 20
 # Text a shard processor reads between two `trim_heap()` calls.
 TRIM_EVERY_BYTES = 16 << 20
