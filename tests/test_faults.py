@@ -72,13 +72,14 @@ def files_under(folder) -> int:
 
 
 class Killer(threading.Thread):
-    """SIGKILLs one random worker of ours every 0.4-1.0 s, `max_kills` times, each kill after the run
+    """SIGKILLs one random worker of ours every 0.2-0.6 s, `max_kills` times, each kill after the run
     wrote something since the previous one (a marker, a part, a spill file) or after `patience` s.
     Why progress-bound: a fresh stage actor imports the stages and loads a pass's models before its
     first shard, and on a loaded machine that takes longer than the interval: killed on a timer alone,
     the run took 16 minutes at 0.3-0.8 s and did not finish in 20 at 0.6-1.4 s beside a dedup benchmark.
     The cap makes the test end on any machine; the kills still land all through the run. At 0.6-1.4 s
-    the faster run of 2026-11-30 (compiled MinHash signatures, one flush per task) ended after 19."""
+    the faster run of 2026-11-30 (compiled MinHash signatures, one flush per task) ended after 19; at
+    0.4-1.0 s a run of 2026-12-01 on a faster day ended after 18, hence 0.2-0.6 s."""
 
     def __init__(self, seed: int, watched, max_kills: int = 24, patience: float = 8.0) -> None:
         super().__init__(daemon=True)
@@ -89,7 +90,7 @@ class Killer(threading.Thread):
     def run(self) -> None:
         written, last_kill = -1, time.monotonic()
         while self.running and self.kills < self.max_kills:
-            time.sleep(self.rng.uniform(0.4, 1.0))
+            time.sleep(self.rng.uniform(0.2, 0.6))
             now_written = files_under(self.watched)
             if now_written == written and time.monotonic() - last_kill < self.patience:
                 continue  # nothing written since the last kill: let the run move first

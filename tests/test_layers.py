@@ -2,7 +2,7 @@
 functions included), read from the source with `ast`:
 
     engine     curation.{errors, config, option_types, stage, io, storage, output_folder,
-               output_schema, pipeline, executor, embedded_ray, stats}: imports nothing of curation.stages,
+               output_schema, pipeline, executor, embedded_ray, memory, stats}: imports nothing of curation.stages,
                curation.tokenizer, the trainer side or the application
     tokenizer  curation.tokenizer.*: the engine only
     stages     curation.stages.*: the engine and curation.tokenizer
@@ -23,7 +23,8 @@ from conftest import REPO
 PACKAGES = {"curation": REPO / "curation", "curation.stages": REPO / "stages", "curation.tokenizer": REPO / "tokenizer"}
 ENGINE = {"curation", "curation.errors", "curation.config", "curation.option_types", "curation.stage",
           "curation.io", "curation.storage", "curation.output_folder", "curation.output_schema", "curation.pipeline",
-          "curation.executor", "curation.embedded_ray", "curation.stats", "curation.sink", "curation.shard"}
+          "curation.executor", "curation.embedded_ray", "curation.memory", "curation.stats", "curation.sink",
+          "curation.shard"}
 TRAINER = {"curation.manifest", "curation.loader"}
 APP = {"curation.cli", "curation.job", "curation.job_config", "curation.report"}
 TRAINER_MAY_USE = {"curation.errors", "curation.storage", "curation.tokenizer.shards", "curation.tokenizer"} | TRAINER
